@@ -1,0 +1,141 @@
+"""The change event: exactly the user guide's default event."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+
+class OperationType(enum.Enum):
+    """Kind of change, as in the guide's ``OperationType``."""
+
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    TRUNCATE = "TRUNCATE"
+    SCHEMA_CHANGE = "SCHEMA_CHANGE"
+    READ = "READ"
+
+    # The guide's Rust spelling, for users porting code.
+    Insert = "INSERT"
+    Update = "UPDATE"
+    Delete = "DELETE"
+    Truncate = "TRUNCATE"
+    SchemaChange = "SCHEMA_CHANGE"
+    Read = "READ"
+
+    @classmethod
+    def parse(cls, value: str | OperationType) -> OperationType:
+        if isinstance(value, OperationType):
+            return value
+        norm = value.strip().upper().replace(" ", "_")
+        if norm == "SCHEMACHANGE":
+            norm = "SCHEMA_CHANGE"
+        try:
+            return cls(norm)
+        except ValueError:
+            allowed = ", ".join(m.value for m in cls if m.name.isupper())
+            raise ValueError(f"unknown operation {value!r}; expected one of {allowed}") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        if obj.is_finite():
+            return orjson.Fragment(str(obj))
+        return str(obj)
+    if isinstance(obj, (bytes, memoryview)):
+        import base64
+
+        return base64.b64encode(bytes(obj)).decode()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode to JSON bytes; Decimal keeps every digit, NaN floats are refused upstream."""
+    return orjson.dumps(obj, default=_json_default)
+
+
+@dataclass(slots=True)
+class CdcEvent:
+    """One committed row change.
+
+    ``key``, ``value`` and ``old_value`` are dicts of column name to JSON-ready
+    value. ``lsn`` (commit LSN) is internal and not part of the JSON form.
+    """
+
+    event_id: str
+    timestamp: datetime
+    sequence: int
+    operation: OperationType
+    database: str
+    table: str
+    key: dict[str, Any]
+    value: dict[str, Any] | None
+    old_value: dict[str, Any] | None
+    transaction_id: str
+    lsn: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "event_id": self.event_id,
+            "timestamp": format_timestamp(self.timestamp),
+            "sequence": self.sequence,
+            "operation": self.operation.value,
+            "database": self.database,
+            "table": self.table,
+            "key": self.key,
+            "value": self.value,
+            "old_value": self.old_value,
+            "transaction_id": self.transaction_id,
+        }
+        if self.extra:
+            d.update(self.extra)
+        return d
+
+    def to_json(self) -> bytes:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CdcEvent:
+        known = {
+            "event_id",
+            "timestamp",
+            "sequence",
+            "operation",
+            "database",
+            "table",
+            "key",
+            "value",
+            "old_value",
+            "transaction_id",
+        }
+        ts = d["timestamp"]
+        return cls(
+            event_id=d["event_id"],
+            timestamp=datetime.fromisoformat(ts.replace("Z", "+00:00")) if isinstance(ts, str) else ts,
+            sequence=int(d["sequence"]),
+            operation=OperationType.parse(d["operation"]),
+            database=d["database"],
+            table=d["table"],
+            key=d.get("key") or {},
+            value=d.get("value"),
+            old_value=d.get("old_value"),
+            transaction_id=d["transaction_id"],
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+def format_timestamp(ts: datetime) -> str:
+    """ISO 8601 in UTC with a trailing Z, as in the guide (``2026-01-04T12:00:00Z``)."""
+    s = ts.isoformat()
+    if s.endswith("+00:00"):
+        s = s[:-6] + "Z"
+    return s

@@ -1,0 +1,303 @@
+"""Sans-IO assembly of pgoutput messages into :class:`CdcEvent` objects.
+
+:class:`ChangeDecoder` is fed raw pgoutput payloads (``feed``) and returns the
+events and transaction ends they complete. It holds the relation cache and the
+open transaction, nothing else: no sockets, no clock.
+
+Large transactions streamed by protocol v2 are spooled to a temporary file per
+transaction (memory stays bounded) and turned into events at Stream Commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from .._event import CdcEvent, OperationType
+from ._protocol import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    Update,
+    parse_message,
+)
+from ._types import Converter, converter_for
+
+log = logging.getLogger("heliosdb_cdc.postgres")
+
+_LEN = struct.Struct("!I")
+
+
+@dataclass(slots=True, frozen=True)
+class TxnEnd:
+    """A transaction ended: everything before it belongs to a committed transaction."""
+
+    commit_lsn: int
+    end_lsn: int
+    xid: int
+    commit_ts_us: int
+    events: int
+
+
+@dataclass(slots=True)
+class RelationInfo:
+    relation: Relation
+    table: str
+    names: list[str]
+    converters: list[Converter]
+    key_idx: list[int]
+
+    @property
+    def columns(self) -> list[dict[str, Any]]:
+        return [
+            {"name": c.name, "type_oid": c.type_oid, "key": c.is_key} for c in self.relation.columns
+        ]
+
+
+def table_name(namespace: str, name: str) -> str:
+    """``orders`` for tables in ``public``, ``schema.table`` otherwise."""
+    return name if namespace == "public" else f"{namespace}.{name}"
+
+
+class ChangeDecoder:
+    """Turns pgoutput payloads into events; one instance per replication session."""
+
+    def __init__(self, database: str, next_sequence: int = 1, skip_through_lsn: int = 0) -> None:
+        self.database = database
+        self.next_sequence = next_sequence
+        # Transactions whose commit LSN is <= this are already in the local log.
+        self.skip_through_lsn = skip_through_lsn
+        self.relations: dict[int, RelationInfo] = {}
+        self._xid = 0
+        self._commit_lsn = 0
+        self._ts: datetime | None = None
+        self._txn_id = ""
+        self._index = 0
+        self._skipping = False
+        self._in_stream = False
+        self._stream_xid = 0
+        self._spools: dict[int, IO[bytes]] = {}
+        self._aborted_sub: dict[int, set[int]] = {}
+        self.schema_listeners: list[Any] = []
+
+    # -- public --------------------------------------------------------------
+    def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd]:
+        msg = parse_message(payload, self._in_stream)
+        if self._in_stream and not isinstance(msg, (StreamStop, Relation)):
+            if isinstance(msg, (Insert, Update, Delete, Truncate)):
+                self._spool(payload, msg.xid or self._stream_xid)
+                return []
+        return self._handle(msg)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._ts is not None
+
+    def close(self) -> None:
+        for f in self._spools.values():
+            f.close()
+        self._spools.clear()
+
+    # -- message handling ----------------------------------------------------
+    def _handle(self, msg: Message) -> list[CdcEvent | TxnEnd]:
+        if isinstance(msg, Begin):
+            self._begin(msg.xid, msg.final_lsn, msg.commit_ts_us)
+            return []
+        if isinstance(msg, Commit):
+            return self._end(msg.commit_lsn, msg.end_lsn, msg.commit_ts_us)
+        if isinstance(msg, Relation):
+            self._relation(msg)
+            return []
+        if isinstance(msg, (Insert, Update, Delete, Truncate)):
+            if self._skipping:
+                return []
+            return self._change(msg)
+        if isinstance(msg, StreamStart):
+            self._in_stream = True
+            self._stream_xid = msg.xid
+            return []
+        if isinstance(msg, StreamStop):
+            self._in_stream = False
+            return []
+        if isinstance(msg, StreamCommit):
+            return self._stream_commit(msg)
+        if isinstance(msg, StreamAbort):
+            self._stream_abort(msg)
+            return []
+        return []  # Origin, Type, LogicalMessage: nothing to emit
+
+    def _begin(self, xid: int, final_lsn: int, ts_us: int) -> None:
+        self._xid = xid
+        self._commit_lsn = final_lsn
+        self._ts = datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC)
+        self._txn_id = f"txn_{xid}"
+        self._index = 0
+        self._skipping = final_lsn <= self.skip_through_lsn
+
+    def _end(self, commit_lsn: int, end_lsn: int, ts_us: int) -> list[CdcEvent | TxnEnd]:
+        skipped = self._skipping
+        n = self._index
+        self._ts = None
+        self._skipping = False
+        if skipped:
+            return []
+        return [TxnEnd(commit_lsn, end_lsn, self._xid, ts_us, n)]
+
+    def _relation(self, rel: Relation) -> None:
+        old = self.relations.get(rel.oid)
+        info = RelationInfo(
+            relation=rel,
+            table=table_name(rel.namespace, rel.name),
+            names=[c.name for c in rel.columns],
+            converters=[converter_for(c.type_oid) for c in rel.columns],
+            key_idx=[i for i, c in enumerate(rel.columns) if c.is_key],
+        )
+        if not info.key_idx and rel.replica_identity != "f":
+            log.warning(
+                "table %s has no primary key or replica identity: its events carry an "
+                "empty key and UPDATE/DELETE cannot name the row",
+                info.table,
+            )
+        self.relations[rel.oid] = info
+        for listener in self.schema_listeners:
+            listener(old, info)
+
+    def _row(self, info: RelationInfo, values: list[object]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        names = info.names
+        convs = info.converters
+        for i, v in enumerate(values):
+            if v is None:
+                row[names[i]] = None
+            elif v is UNCHANGED:
+                continue  # unchanged TOASTed value: absent, never a fake null
+            elif isinstance(v, str):
+                row[names[i]] = convs[i](v)
+            else:
+                row[names[i]] = v
+        return row
+
+    def _key(self, info: RelationInfo, values: list[object]) -> dict[str, Any]:
+        key: dict[str, Any] = {}
+        for i in info.key_idx:
+            v = values[i]
+            if v is UNCHANGED:
+                continue
+            key[info.names[i]] = None if v is None else info.converters[i](v)  # type: ignore[arg-type]
+        return key
+
+    def _make(
+        self,
+        info: RelationInfo,
+        op: OperationType,
+        key: dict[str, Any],
+        value: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+    ) -> CdcEvent:
+        self._index += 1
+        seq = self.next_sequence
+        self.next_sequence = seq + 1
+        assert self._ts is not None
+        return CdcEvent(
+            event_id=f"evt_{self._commit_lsn:016x}_{self._index:06d}",
+            timestamp=self._ts,
+            sequence=seq,
+            operation=op,
+            database=self.database,
+            table=info.table,
+            key=key,
+            value=value,
+            old_value=old,
+            transaction_id=self._txn_id,
+            lsn=self._commit_lsn,
+        )
+
+    def _info(self, oid: int) -> RelationInfo:
+        try:
+            return self.relations[oid]
+        except KeyError:
+            from .._errors import DecodeError
+
+            raise DecodeError("change for a relation that was never described", oid=oid) from None
+
+    def _change(self, msg: Insert | Update | Delete | Truncate) -> list[CdcEvent | TxnEnd]:
+        if isinstance(msg, Insert):
+            info = self._info(msg.relation_oid)
+            value = self._row(info, msg.new)
+            return [self._make(info, OperationType.INSERT, self._key(info, msg.new), value, None)]
+        if isinstance(msg, Update):
+            info = self._info(msg.relation_oid)
+            value = self._row(info, msg.new)
+            old = None
+            if msg.old is not None:
+                old = (
+                    self._row(info, msg.old)
+                    if msg.old_kind == "O"
+                    else self._key(info, msg.old)
+                )
+                # fill unchanged TOASTed columns from the full old row when we have it
+                if msg.old_kind == "O":
+                    for name in info.names:
+                        if name not in value and name in old:
+                            value[name] = old[name]
+            return [self._make(info, OperationType.UPDATE, self._key(info, msg.new), value, old)]
+        if isinstance(msg, Delete):
+            info = self._info(msg.relation_oid)
+            key = self._key(info, msg.old)
+            old = self._row(info, msg.old) if msg.old_kind == "O" else dict(key)
+            return [self._make(info, OperationType.DELETE, key, None, old)]
+        out: list[CdcEvent | TxnEnd] = []
+        for oid in msg.relation_oids:
+            info = self._info(oid)
+            out.append(self._make(info, OperationType.TRUNCATE, {}, None, None))
+        return out
+
+    # -- protocol v2 streamed transactions -------------------------------------
+    def _spool(self, payload: bytes, xid: int) -> None:
+        f = self._spools.get(self._stream_xid)
+        if f is None:
+            f = tempfile.TemporaryFile(prefix="heliosdb-cdc-txn-")
+            self._spools[self._stream_xid] = f
+        f.write(_LEN.pack(len(payload)))
+        f.write(payload)
+
+    def _stream_abort(self, msg: StreamAbort) -> None:
+        if msg.xid == msg.subxid:
+            f = self._spools.pop(msg.xid, None)
+            if f is not None:
+                f.close()
+            self._aborted_sub.pop(msg.xid, None)
+        else:
+            self._aborted_sub.setdefault(msg.xid, set()).add(msg.subxid)
+
+    def _stream_commit(self, msg: StreamCommit) -> list[CdcEvent | TxnEnd]:
+        self._begin(msg.xid, msg.commit_lsn, msg.commit_ts_us)
+        out: list[CdcEvent | TxnEnd] = []
+        f = self._spools.pop(msg.xid, None)
+        aborted = self._aborted_sub.pop(msg.xid, set())
+        if f is not None and not self._skipping:
+            f.seek(0)
+            while header := f.read(4):
+                (n,) = _LEN.unpack(header)
+                m = parse_message(f.read(n), True)
+                assert isinstance(m, (Insert, Update, Delete, Truncate))
+                if m.xid in aborted:
+                    continue
+                out.extend(self._change(m))
+        if f is not None:
+            f.close()
+        out.extend(self._end(msg.commit_lsn, msg.end_lsn, msg.commit_ts_us))
+        return out

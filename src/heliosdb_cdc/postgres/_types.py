@@ -1,0 +1,176 @@
+"""PostgreSQL text-format values to faithful JSON-ready Python values.
+
+The replication session runs with ``DateStyle=ISO``, ``TimeZone=UTC``,
+``IntervalStyle=iso_8601`` and ``extra_float_digits=3`` so that the text the
+server sends is already close to ISO 8601; converters only finish the job.
+Arrays of built-in types are parsed by psycopg2's own typecasters.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import psycopg2.extensions
+
+Converter = Callable[[str], Any]
+
+
+def _to_int(s: str) -> int:
+    return int(s)
+
+
+def _to_bool(s: str) -> bool:
+    return s == "t"
+
+
+def _to_float(s: str) -> float | str:
+    f = float(s)
+    if math.isfinite(f):
+        return f
+    # JSON has no NaN/Infinity: keep PostgreSQL's spelling as a string.
+    return s
+
+
+def _to_numeric(s: str) -> Decimal | str:
+    if s in ("NaN", "Infinity", "-Infinity"):
+        return s
+    return Decimal(s)
+
+
+def _to_json(s: str) -> Any:
+    return orjson.loads(s)
+
+
+def _to_bytea(s: str) -> str:
+    if s.startswith("\\x"):
+        return base64.b64encode(bytes.fromhex(s[2:])).decode("ascii")
+    # escape format (bytea_output=escape): let psycopg2 decode it
+    raw = psycopg2.BINARY(s, None)
+    return base64.b64encode(bytes(raw)).decode("ascii")
+
+
+def _tz(s: str) -> str:
+    # "+00" -> "+00:00", "+05:30" stays
+    if len(s) >= 3 and s[-3] in "+-" and s[-2:].isdigit():
+        return s + ":00"
+    return s
+
+
+def _to_timestamp(s: str) -> str:
+    if s in ("infinity", "-infinity"):
+        return s
+    s = s.replace(" ", "T", 1)
+    if s.endswith(" BC"):
+        return s
+    return s
+
+
+def _to_timestamptz(s: str) -> str:
+    if s in ("infinity", "-infinity"):
+        return s
+    s = _tz(s.replace(" ", "T", 1))
+    if s.endswith("+00:00"):
+        s = s[:-6] + "Z"
+    return s
+
+
+def _to_timetz(s: str) -> str:
+    return _tz(s)
+
+
+def _to_str(s: str) -> str:
+    return s
+
+
+_INT_OIDS = (20, 21, 23, 26, 28, 5069)
+_FLOAT_OIDS = (700, 701)
+
+_SCALAR: dict[int, Converter] = {
+    16: _to_bool,
+    17: _to_bytea,
+    114: _to_json,
+    3802: _to_json,
+    1700: _to_numeric,
+    1114: _to_timestamp,
+    1184: _to_timestamptz,
+    1266: _to_timetz,
+    790: _to_str,  # money stays text: its format depends on lc_monetary
+}
+for _oid in _INT_OIDS:
+    _SCALAR[_oid] = _to_int
+for _oid in _FLOAT_OIDS:
+    _SCALAR[_oid] = _to_float
+
+# Array type oid -> element type oid, for the built-in types.
+_ARRAYS: dict[int, int] = {
+    1000: 16,
+    1001: 17,
+    1005: 21,
+    1007: 23,
+    1016: 20,
+    1028: 26,
+    1021: 700,
+    1022: 701,
+    1231: 1700,
+    1009: 25,
+    1015: 1043,
+    1014: 1042,
+    1002: 18,
+    1003: 19,
+    199: 114,
+    3807: 3802,
+    1115: 1114,
+    1185: 1184,
+    1182: 1082,
+    1183: 1083,
+    1270: 1266,
+    1187: 1186,
+    2951: 2950,
+    1041: 869,
+    651: 650,
+    1040: 829,
+}
+
+
+def _map_nested(value: Any, fn: Converter) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [_map_nested(v, fn) for v in value]
+    return fn(value)
+
+
+def _array_converter(elem_oid: int) -> Converter:
+    elem = _SCALAR.get(elem_oid, _to_str)
+    parse_text = psycopg2.extensions.string_types[1009]  # text[] parser
+
+    def convert(s: str) -> Any:
+        return _map_nested(parse_text(s, None), elem)
+
+    return convert
+
+
+_CACHE: dict[int, Converter] = {}
+
+
+def converter_for(type_oid: int) -> Converter:
+    """The converter of one column type; unknown types (enums, domains...) stay text."""
+    conv = _CACHE.get(type_oid)
+    if conv is None:
+        if type_oid in _SCALAR:
+            conv = _SCALAR[type_oid]
+        elif type_oid in _ARRAYS:
+            conv = _array_converter(_ARRAYS[type_oid])
+        else:
+            conv = _to_str
+        _CACHE[type_oid] = conv
+    return conv
+
+
+def is_numeric_type(type_oid: int) -> bool:
+    return type_oid in _INT_OIDS or type_oid in _FLOAT_OIDS or type_oid == 1700
