@@ -1,0 +1,359 @@
+"""Typed, immutable configuration mirroring the guide's structs.
+
+YAML keys: ``state_dir``, ``source``, ``cdc`` (CdcConfig), ``webhook``
+(WebhookConfig), ``webhooks`` (registrations), ``streams``, ``filters``,
+``transformations``, ``delivery``, ``security``, ``logging``. Strings may use
+``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); ``HELIOSDB_CDC_DSN`` fills
+``source.dsn``. Secrets are :class:`pydantic.SecretStr` and print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ._errors import ConfigError
+from ._event import OperationType
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetryConfig(_Model):
+    """Exponential backoff: attempt 1 immediate, then initial_delay_ms * multiplier**n (+ jitter)."""
+
+    max_attempts: int = Field(3, ge=1, le=1000)
+    initial_delay_ms: int = Field(100, ge=0)
+    max_delay_ms: int = Field(30000, ge=0)
+    multiplier: float = Field(2.0, ge=1.0)
+    jitter: bool = True
+
+    def delay_ms(self, attempt: int) -> float:
+        """Delay before ``attempt`` (2, 3, ...), without jitter."""
+        if attempt <= 1:
+            return 0.0
+        return float(min(self.max_delay_ms, self.initial_delay_ms * self.multiplier ** (attempt - 2)))
+
+
+class CircuitBreakerConfig(_Model):
+    failure_threshold: int = Field(5, ge=1)
+    success_threshold: int = Field(2, ge=1)
+    timeout_secs: float = Field(60, gt=0)
+    half_open_max_calls: int = Field(3, ge=1)
+
+
+class ExactlyOnceConfig(_Model):
+    enabled: bool = True
+    window_secs: int = Field(86400, ge=1, description="how long a delivery is remembered")
+    retention_secs: int | None = Field(None, ge=1, description="defaults to window_secs")
+
+
+class CdcConfig(_Model):
+    """The guide's CdcConfig.
+
+    * ``wal_path``: directory of the local log (default ``<state_dir>/log``);
+    * ``checkpoint_interval``: most events between two checkpoints of a stream;
+    * ``batch_size``: most changes decoded, logged and fsynced as one batch;
+    * ``poll_interval_ms``: longest wait before a partial batch is flushed.
+    """
+
+    wal_path: str | None = None
+    checkpoint_interval: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1)
+    poll_interval_ms: int = Field(50, ge=1)
+    max_log_bytes: int = Field(10 * 1024**3, ge=1024 * 1024)
+    segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    memory_queue_events: int = Field(50_000, ge=100)
+
+
+class WebhookConfig(_Model):
+    bind_address: str = "127.0.0.1:8080"
+    worker_pool_size: int = Field(100, ge=1)
+    max_concurrent_requests: int = Field(1000, ge=1)
+    timeout_secs: float = Field(30, gt=0)
+    batch_size: int = Field(1, ge=1, le=10000, description="events per POST; >1 sends a JSON array")
+    max_payload_bytes: int = Field(1024 * 1024, ge=1024)
+    retry: RetryConfig = RetryConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    exactly_once: ExactlyOnceConfig = ExactlyOnceConfig()
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
+        return v
+
+
+class FilterConfig(_Model):
+    name: str = "filter"
+    tables: list[str] = Field(default_factory=list)
+    operations: list[OperationType] = Field(default_factory=list)
+    columns: dict[str, list[str]] = Field(default_factory=dict)
+    predicate: str | None = None
+
+    @field_validator("operations", mode="before")
+    @classmethod
+    def _ops(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [OperationType.parse(x) if isinstance(x, str) else x for x in v]
+        return v
+
+
+class TransformationConfig(_Model):
+    name: str = "transformation"
+    target: str
+    template: str | None = None
+    jsonpath: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TransformationConfig:
+        if (self.template is None) == (self.jsonpath is None):
+            raise ValueError("give exactly one of 'template' or 'jsonpath'")
+        return self
+
+
+def _check_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{v!r} is not an http(s) URL with a host")
+    return v
+
+
+class WebhookRegistration(_Model):
+    """The guide's WebhookRegistration: an endpoint, its secret, what it receives."""
+
+    url: str
+    secret: SecretStr = SecretStr("")
+    tables: list[str] = Field(default_factory=list)
+    operations: list[OperationType] = Field(default_factory=list)
+    filters: list[FilterConfig] = Field(default_factory=list)
+    name: str | None = None
+
+    _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
+
+    @field_validator("operations", mode="before")
+    @classmethod
+    def _ops(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [OperationType.parse(x) if isinstance(x, str) else x for x in v]
+        return v
+
+
+class Destination(_Model):
+    type: Literal["webhook", "kafka", "kinesis", "memory"]
+    address: str
+    topic: str | None = None
+    region: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Destination:
+        if self.type == "webhook":
+            _check_url(self.address)
+        if self.type == "kafka" and not self.topic:
+            raise ValueError("a kafka destination needs a topic")
+        if self.type == "kinesis" and not self.region:
+            raise ValueError("a kinesis destination needs a region")
+        return self
+
+
+class StreamConfig(_Model):
+    name: str
+    tables: list[str]
+    destination: Destination
+    format: Literal["json", "avro"] = "json"
+    secret: SecretStr | None = None
+    operations: list[OperationType] = Field(default_factory=list)
+    filters: list[FilterConfig] = Field(default_factory=list)
+    snapshot: Literal["initial", "none"] = "none"
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _fmt(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> StreamConfig:
+        if self.format == "avro" and self.destination.type == "webhook":
+            raise ValueError("FORMAT AVRO is for Kafka and Kinesis; webhooks receive JSON")
+        return self
+
+
+class SourceConfig(_Model):
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    slot: str = "heliosdb_cdc"
+    publication: str = "heliosdb_cdc"
+    tables: list[str] = Field(default_factory=list)
+    streaming: bool = False
+    status_interval_secs: float = Field(10.0, gt=0)
+    reconnect_max_delay_secs: float = Field(30.0, gt=0)
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", v):
+            raise ValueError("must be a lowercase identifier: letters, digits, underscore")
+        return v
+
+
+class DeliveryConfig(_Model):
+    """The guide's best-practice shorthand; mapped onto ``webhook.retry``."""
+
+    max_retries: int | None = Field(None, ge=0)
+    initial_retry_delay_ms: int | None = Field(None, ge=0)
+    max_retry_delay_ms: int | None = Field(None, ge=0)
+
+
+class TlsConfig(_Model):
+    enabled: bool = False
+    cert_path: str | None = None
+    key_path: str | None = None
+
+
+class SecurityConfig(_Model):
+    tls: TlsConfig = TlsConfig()
+    ip_whitelist: list[str] = Field(default_factory=list)
+    admin_token: SecretStr | None = None
+    block_private_networks: bool = False
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_logs: bool = Field(False, alias="json")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lvl(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class Config(_Model):
+    state_dir: str = "./.heliosdb-cdc"
+    source: SourceConfig = SourceConfig()
+    cdc: CdcConfig = CdcConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    webhooks: list[WebhookRegistration] = Field(default_factory=list)
+    streams: list[StreamConfig] = Field(default_factory=list)
+    filters: list[FilterConfig] = Field(default_factory=list)
+    transformations: list[TransformationConfig] = Field(default_factory=list)
+    delivery: DeliveryConfig = DeliveryConfig()
+    security: SecurityConfig = SecurityConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _apply_delivery(self) -> Config:
+        d = self.delivery
+        updates: dict[str, Any] = {}
+        if d.max_retries is not None:
+            updates["max_attempts"] = d.max_retries + 1
+        if d.initial_retry_delay_ms is not None:
+            updates["initial_delay_ms"] = d.initial_retry_delay_ms
+        if d.max_retry_delay_ms is not None:
+            updates["max_delay_ms"] = d.max_retry_delay_ms
+        if updates:
+            retry = self.webhook.retry.model_copy(update=updates)
+            object.__setattr__(self, "webhook", self.webhook.model_copy(update={"retry": retry}))
+        names = [s.name for s in self.streams]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate stream names: {sorted(dup)}")
+        return self
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.cdc.wal_path) if self.cdc.wal_path else Path(self.state_dir) / "log"
+
+    @property
+    def database(self) -> str:
+        from psycopg2.extensions import parse_dsn
+
+        try:
+            return str(parse_dsn(self.source.dsn.get_secret_value()).get("dbname", "postgres"))
+        except Exception:
+            return "postgres"
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(node: Any, path: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            val = os.environ.get(m.group(1), m.group(2))
+            if val is None:
+                raise ConfigError(f"environment variable {m.group(1)} is not set", key_path=path)
+            return val
+
+        return _ENV.sub(sub, node)
+    return node
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate a config mapping; errors name the key path and what is wrong."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping of keys to values")
+    data = _expand(data, "")
+    dsn = os.environ.get("HELIOSDB_CDC_DSN")
+    if dsn and not (data.get("source") or {}).get("dsn"):
+        data = {**data, "source": {**(data.get("source") or {}), "dsn": dsn}}
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            path = _key_path(tuple(err["loc"])) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"{path}: {msg}")
+        raise ConfigError(
+            "invalid configuration:\n  " + "\n  ".join(lines),
+            key_path=_key_path(tuple(exc.errors()[0]["loc"])),
+        ) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file: {exc.strerror}", path=str(p)) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path=str(p)) from None
+    return config_from_dict(data)

@@ -1,0 +1,43 @@
+"""In-memory sink for tests: records what it received, can be told to fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from ._base import DELIVERED, OutboundEvent, SinkResult
+
+
+class MemorySink:
+    def __init__(
+        self,
+        name: str = "memory",
+        lanes: int = 4,
+        max_batch: int = 100,
+        decide: Callable[[OutboundEvent], SinkResult] | None = None,
+    ) -> None:
+        self.name = name
+        self.lanes = lanes
+        self.max_batch = max_batch
+        self.received: list[OutboundEvent] = []
+        self.calls = 0
+        self._decide = decide
+        self.changed = asyncio.Event()
+        self.closed = False
+
+    async def start(self) -> None:
+        self.closed = False
+
+    async def send(self, batch: Sequence[OutboundEvent]) -> list[SinkResult]:
+        self.calls += 1
+        results = []
+        for ev in batch:
+            res = self._decide(ev) if self._decide else DELIVERED
+            if res.ok:
+                self.received.append(ev)
+            results.append(res)
+        self.changed.set()
+        return results
+
+    async def close(self) -> None:
+        self.closed = True
