@@ -243,11 +243,7 @@ class ChangeDecoder:
             value = self._row(info, msg.new)
             old = None
             if msg.old is not None:
-                old = (
-                    self._row(info, msg.old)
-                    if msg.old_kind == "O"
-                    else self._key(info, msg.old)
-                )
+                old = self._row(info, msg.old) if msg.old_kind == "O" else self._key(info, msg.old)
                 # fill unchanged TOASTed columns from the full old row when we have it
                 if msg.old_kind == "O":
                     for name in info.names:

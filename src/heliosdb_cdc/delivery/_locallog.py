@@ -1,0 +1,426 @@
+"""The local log: a durable, append-only record of every captured event.
+
+Capture appends events (batched, one fsync per batch) and confirms the source
+position to PostgreSQL only once the batch is durable; streams read the log at
+their own pace from their own cursor, so a dead endpoint costs disk, not RAM,
+and does not hold WAL in PostgreSQL.
+
+Layout: segment files ``<first_seq:020d>.log`` in one directory. Each frame is
+``u32 length | u32 crc32 | payload``; the payload starts with a fixed header
+(seq, lsn, commit timestamp, kind, table length, key length) followed by the
+table name, key and body. Kinds: operations (events), COMMIT markers written
+at each transaction end (``lsn`` = commit end LSN, key = commit LSN) and a
+SEGMENT header at the start of each file. Segments roll only right after a
+commit marker, so recovery reads the last segment alone: anything after its
+last commit marker (a torn write or an unfinished transaction) is cut off.
+
+Writes happen on the capture thread; reads on the event loop. A bounded tail
+of recent records stays in memory, older ones are read back from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .._errors import StateError
+
+log = logging.getLogger("heliosdb_cdc.locallog")
+
+_FRAME = struct.Struct("<II")
+_HDR = struct.Struct("<QQqBHI")  # seq, lsn, ts_us, kind, table_len, key_len
+_U64 = struct.Struct("<Q")
+
+KIND_COMMIT = 0xFF
+KIND_SEGMENT = 0xFE
+OP_CODES = {"INSERT": 1, "UPDATE": 2, "DELETE": 3, "TRUNCATE": 4, "SCHEMA_CHANGE": 5, "READ": 6}
+OP_NAMES = {v: k for k, v in OP_CODES.items()}
+
+
+@dataclass(slots=True, frozen=True)
+class Record:
+    """One event as stored: what routing needs, plus the encoded default event."""
+
+    seq: int
+    lsn: int  # commit LSN of its transaction
+    ts_us: int  # commit time, microseconds since the Unix epoch
+    op: int
+    table: str
+    key: bytes
+    body: bytes
+
+    @property
+    def operation(self) -> str:
+        return OP_NAMES.get(self.op, "UNKNOWN")
+
+
+@dataclass(slots=True, frozen=True)
+class Position:
+    """The durable end of the log: last event sequence and last complete transaction."""
+
+    seq: int
+    commit_lsn: int
+    end_lsn: int
+
+
+def _frame(seq: int, lsn: int, ts: int, kind: int, table: bytes, key: bytes, body: bytes) -> bytes:
+    payload = _HDR.pack(seq, lsn, ts, kind, len(table), len(key)) + table + key + body
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _parse_payload(payload: bytes) -> tuple[int, int, int, int, str, bytes, bytes]:
+    seq, lsn, ts, kind, tl, kl = _HDR.unpack_from(payload)
+    o = _HDR.size
+    table = payload[o : o + tl].decode()
+    key = payload[o + tl : o + tl + kl]
+    body = payload[o + tl + kl :]
+    return seq, lsn, ts, kind, table, key, body
+
+
+def _iter_frames(f: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
+    """Read every valid frame; return (offset, payload) pairs and the end of valid data."""
+    out = []
+    data = f.read()
+    pos = 0
+    n = len(data)
+    while pos + 8 <= n:
+        length, crc = _FRAME.unpack_from(data, pos)
+        end = pos + 8 + length
+        if end > n or length < _HDR.size:
+            break
+        payload = data[pos + 8 : end]
+        if zlib.crc32(payload) != crc:
+            break
+        out.append((pos, payload))
+        pos = end
+    return out, pos
+
+
+class LocalLog:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        segment_bytes: int = 64 * 1024 * 1024,
+        memory_events: int = 50_000,
+        sync: bool = True,
+    ) -> None:
+        self.dir = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.memory_events = memory_events
+        self.sync = sync
+        self._segments: list[int] = []  # first seqs, sorted
+        self._file: IO[bytes] | None = None
+        self._file_size = 0
+        self._lock = threading.Lock()
+        self._tail: deque[Record] = deque()
+        self._next_seq = 1
+        self.durable = Position(0, 0, 0)
+        self._written = Position(0, 0, 0)
+        self._bytes_on_disk = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._disk_cache: dict[int, tuple[int, int]] = {}  # next seq -> (segment, offset)
+
+    # -- recovery ------------------------------------------------------------
+    def open(self) -> Position:
+        """Open (creating if needed) and recover; return the durable end position."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._segments = sorted(int(p.stem) for p in self.dir.glob("*.log") if p.stem.isdigit())
+            self._bytes_on_disk = sum(p.stat().st_size for p in self.dir.glob("*.log"))
+            if not self._segments:
+                self._new_segment(1, Position(0, 0, 0))
+            else:
+                self._recover_last()
+        except OSError as exc:
+            raise StateError(
+                f"cannot open the local log: {exc.strerror}", path=str(self.dir)
+            ) from exc
+        return self.durable
+
+    def _path(self, first: int) -> Path:
+        return self.dir / f"{first:020d}.log"
+
+    def _recover_last(self) -> None:
+        first = self._segments[-1]
+        path = self._path(first)
+        with open(path, "rb") as f:
+            frames, _ = _iter_frames(f)
+        pos = Position(first - 1, 0, 0)
+        cut = 0
+        for offset, payload in frames:
+            seq, lsn, _ts, kind, _t, key, _b = _parse_payload(payload)
+            if kind == KIND_SEGMENT or kind == KIND_COMMIT:
+                pos = Position(seq, _U64.unpack(key)[0], lsn)
+                cut = offset + 8 + len(payload)
+        size = path.stat().st_size
+        if cut < size:
+            log.warning(
+                "local log: dropping %d bytes after the last complete transaction in %s "
+                "(they are read again from PostgreSQL)",
+                size - cut,
+                path.name,
+            )
+        self._file = open(path, "r+b")  # noqa: SIM115 - kept open for appends
+        self._file.truncate(cut)
+        self._file.seek(cut)
+        os.fsync(self._file.fileno())
+        self._bytes_on_disk -= size - cut
+        self._file_size = cut
+        self._next_seq = pos.seq + 1
+        self.durable = self._written = pos
+
+    def _new_segment(self, first_seq: int, prev: Position) -> None:
+        if self._file is not None:
+            self._file.flush()
+            if self.sync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+        path = self._path(first_seq)
+        self._file = open(path, "wb")  # noqa: SIM115 - kept open for appends
+        frame = _frame(
+            prev.seq, prev.end_lsn, 0, KIND_SEGMENT, b"", _U64.pack(prev.commit_lsn), b""
+        )
+        self._file.write(frame)
+        self._file_size = len(frame)
+        self._bytes_on_disk += len(frame)
+        if first_seq not in self._segments:
+            self._segments.append(first_seq)
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        if not self.sync:
+            return
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- writer (capture thread) --------------------------------------------
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def append(
+        self,
+        events: list[tuple[int, int, int, str, str, bytes, bytes]],
+        commits: list[tuple[int, int, int, int]],
+        order: list[int],
+    ) -> None:
+        """Append a batch.
+
+        ``events``: (seq, lsn, ts_us, op, table, key, body); ``commits``:
+        (last_seq, commit_lsn, end_lsn, ts_us); ``order`` interleaves them: 0 takes
+        the next event, 1 the next commit. Records become visible to readers at
+        once; :meth:`sync_to_disk` makes them durable.
+        """
+        assert self._file is not None
+        parts: list[bytes] = []
+        recs: list[Record] = []
+        ei = ci = 0
+        last_commit: Position | None = None
+        roll_at: int | None = None
+        size = self._file_size
+        for kind in order:
+            if kind == 0:
+                seq, lsn, ts, op, table, key, body = events[ei]
+                ei += 1
+                tb = table.encode()
+                code = OP_CODES[op]
+                fr = _frame(seq, lsn, ts, code, tb, key, body)
+                parts.append(fr)
+                size += len(fr)
+                recs.append(Record(seq, lsn, ts, code, table, key, body))
+            else:
+                last_seq, commit_lsn, end_lsn, ts = commits[ci]
+                ci += 1
+                fr = _frame(last_seq, end_lsn, ts, KIND_COMMIT, b"", _U64.pack(commit_lsn), b"")
+                parts.append(fr)
+                size += len(fr)
+                last_commit = Position(last_seq, commit_lsn, end_lsn)
+                if size >= self.segment_bytes:
+                    roll_at = len(parts)
+                    break
+        data = b"".join(parts[:roll_at] if roll_at else parts)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise StateError(
+                f"cannot write the local log: {exc.strerror}", path=str(self.dir)
+            ) from exc
+        self._file_size += len(data)
+        self._bytes_on_disk += len(data)
+        if recs:
+            self._next_seq = recs[-1].seq + 1
+        if last_commit is not None:
+            self._written = last_commit
+        with self._lock:
+            self._tail.extend(recs[: self._count_events(order, roll_at)] if roll_at else recs)
+            while len(self._tail) > self.memory_events:
+                self._tail.popleft()
+        self._notify()
+        if roll_at is not None:
+            self.sync_to_disk()
+            self._new_segment(self._next_seq, self._written)
+            # the rest of the batch goes to the new segment
+            rest_order = order[roll_at:]
+            n_ev = self._count_events(order, roll_at)
+            n_cm = roll_at - n_ev
+            if rest_order:
+                self.append(events[n_ev:], commits[n_cm:], rest_order)
+
+    @staticmethod
+    def _count_events(order: list[int], upto: int | None) -> int:
+        return sum(1 for k in order[:upto] if k == 0)
+
+    def sync_to_disk(self) -> Position:
+        """fsync what was appended; return the new durable position."""
+        assert self._file is not None
+        try:
+            self._file.flush()
+            if self.sync:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise StateError(
+                f"cannot sync the local log: {exc.strerror}", path=str(self.dir)
+            ) from exc
+        self.durable = self._written
+        return self.durable
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes_on_disk
+
+    # -- readers (event loop) -----------------------------------------------
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _notify(self) -> None:
+        loop = self._loop
+        if loop is not None and self._waiters:
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    async def wait_beyond(self, seq: int, timeout: float | None = None) -> None:
+        """Return once a record after ``seq`` exists (or after ``timeout``)."""
+        if self.last_seq > seq:
+            return
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(fut)
+        if self.last_seq > seq:  # appended between the check and the registration
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            pass
+
+    def read_memory(self, from_seq: int, max_n: int) -> list[Record] | None:
+        """Records from ``from_seq`` if the in-memory tail has them, else None."""
+        with self._lock:
+            if not self._tail:
+                return [] if from_seq > self.last_seq else None
+            first = self._tail[0].seq
+            if from_seq < first:
+                return None
+            start = from_seq - first
+            if start >= len(self._tail):
+                return []
+            end = min(len(self._tail), start + max_n)
+            return [self._tail[i] for i in range(start, end)]
+
+    def read_disk(self, from_seq: int, max_n: int) -> list[Record]:
+        """Read records from disk (blocking: call from a worker thread)."""
+        cached = self._disk_cache.pop(from_seq, None)
+        if cached is not None and cached[0] in self._segments:
+            seg, offset = cached
+        else:
+            idx = max(0, bisect.bisect_right(self._segments, from_seq) - 1)
+            seg, offset = self._segments[idx], 0
+        out: list[Record] = []
+        chunk = 4 * 1024 * 1024
+        last = self.last_seq
+        while len(out) < max_n:
+            try:
+                with open(self._path(seg), "rb") as f:
+                    f.seek(offset)
+                    data = f.read(chunk)
+            except FileNotFoundError:
+                break
+            pos = 0
+            n = len(data)
+            while pos + 8 <= n and len(out) < max_n:
+                length, _crc = _FRAME.unpack_from(data, pos)
+                end = pos + 8 + length
+                if end > n:
+                    break
+                seq, lsn, ts, kind, table, key, body = _parse_payload(data[pos + 8 : end])
+                pos = end
+                if kind < KIND_SEGMENT and from_seq <= seq <= last:
+                    out.append(Record(seq, lsn, ts, kind, table, key, body))
+            offset += pos
+            if len(out) >= max_n:
+                break
+            if n == chunk:  # more of this segment to read
+                if pos == 0:
+                    chunk *= 2  # one frame larger than the chunk
+                continue
+            if pos < n:
+                break  # a frame still being written at the end of the log
+            nxt = bisect.bisect_right(self._segments, seg)
+            if nxt >= len(self._segments):
+                break
+            seg, offset = self._segments[nxt], 0
+        if out:
+            self._disk_cache[out[-1].seq + 1] = (seg, offset)
+            while len(self._disk_cache) > 64:
+                self._disk_cache.pop(next(iter(self._disk_cache)))
+        return out
+
+    async def read(self, from_seq: int, max_n: int) -> list[Record]:
+        mem = self.read_memory(from_seq, max_n)
+        if mem is not None:
+            return mem
+        return await asyncio.to_thread(self.read_disk, from_seq, max_n)
+
+    def truncate_before(self, seq: int) -> int:
+        """Delete whole segments holding only records <= ``seq``; return bytes freed."""
+        freed = 0
+        while len(self._segments) > 1 and self._segments[1] <= seq + 1:
+            first = self._segments.pop(0)
+            path = self._path(first)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                size = 0
+            freed += size
+        self._bytes_on_disk -= freed
+        return freed
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                self.sync_to_disk()
+            finally:
+                self._file.close()
+                self._file = None

@@ -1,0 +1,5 @@
+"""State: the SQLite store (catalog, cursors, delivery records, dead letters)."""
+
+from ._sqlite import SCHEMA_VERSION, Store
+
+__all__ = ["SCHEMA_VERSION", "Store"]
