@@ -66,6 +66,20 @@ def find_bindir() -> Path:
     )
 
 
+def _traversable(path: Path) -> bool:
+    """True when every ancestor lets other users through (o+x)."""
+    p = path
+    while True:
+        try:
+            if p.exists() and not (p.stat().st_mode & 0o001):
+                return False
+        except OSError:
+            return False
+        if p.parent == p:
+            return True
+        p = p.parent
+
+
 def _ensure_postgres_user() -> None:
     try:
         import pwd
@@ -85,10 +99,17 @@ class EmbeddedPostgres:
         extra_settings: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self._as_root = os.geteuid() == 0
+        if self._as_root and not _traversable(self.data_dir.parent):
+            # PostgreSQL runs as the postgres user, who cannot reach this path
+            # (e.g. under /root): keep the cluster in a place it can reach.
+            import hashlib
+
+            digest = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:12]
+            self.data_dir = Path("/var/lib/heliosdb-cdc") / digest / "data"
         self.port = port or free_port()
         self.bindir = find_bindir()
         self.extra = extra_settings or {}
-        self._as_root = os.geteuid() == 0
 
     @property
     def dsn(self) -> str:
@@ -110,8 +131,7 @@ class EmbeddedPostgres:
         if self._as_root:
             _ensure_postgres_user()
             shutil.chown(self.data_dir, "postgres", "postgres")
-            with contextlib.suppress(OSError):
-                os.chmod(self.data_dir.parent, 0o755)
+            os.chmod(self.data_dir, 0o700)
         res = self._run(
             str(self.bindir / "initdb"),
             "-D",

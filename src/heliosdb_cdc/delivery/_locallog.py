@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import IO
 
 from .._errors import StateError
+from .._event import event_id
 
 log = logging.getLogger("heliosdb_cdc.locallog")
 
 _FRAME = struct.Struct("<II")
-_HDR = struct.Struct("<QQqBHI")  # seq, lsn, ts_us, kind, table_len, key_len
+_HDR = struct.Struct("<QQqBHII")  # seq, lsn, ts_us, kind, table_len, key_len, index in txn
 _U64 = struct.Struct("<Q")
 
 KIND_COMMIT = 0xFF
@@ -57,10 +58,16 @@ class Record:
     table: str
     key: bytes
     body: bytes
+    index: int = 0  # position in its transaction
 
     @property
     def operation(self) -> str:
         return OP_NAMES.get(self.op, "UNKNOWN")
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.lsn, self.index)
+
 
 
 @dataclass(slots=True, frozen=True)
@@ -72,18 +79,20 @@ class Position:
     end_lsn: int
 
 
-def _frame(seq: int, lsn: int, ts: int, kind: int, table: bytes, key: bytes, body: bytes) -> bytes:
-    payload = _HDR.pack(seq, lsn, ts, kind, len(table), len(key)) + table + key + body
+def _frame(
+    seq: int, lsn: int, ts: int, kind: int, table: bytes, key: bytes, body: bytes, index: int = 0
+) -> bytes:
+    payload = _HDR.pack(seq, lsn, ts, kind, len(table), len(key), index) + table + key + body
     return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _parse_payload(payload: bytes) -> tuple[int, int, int, int, str, bytes, bytes]:
-    seq, lsn, ts, kind, tl, kl = _HDR.unpack_from(payload)
+def _parse_payload(payload: bytes) -> tuple[int, int, int, int, str, bytes, bytes, int]:
+    seq, lsn, ts, kind, tl, kl, index = _HDR.unpack_from(payload)
     o = _HDR.size
     table = payload[o : o + tl].decode()
     key = payload[o + tl : o + tl + kl]
     body = payload[o + tl + kl :]
-    return seq, lsn, ts, kind, table, key, body
+    return seq, lsn, ts, kind, table, key, body, index
 
 
 def _iter_frames(f: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
@@ -120,6 +129,7 @@ class LocalLog:
         self._segments: list[int] = []  # first seqs, sorted
         self._file: IO[bytes] | None = None
         self._file_size = 0
+        self._commit_offset = 0
         self._lock = threading.Lock()
         self._tail: deque[Record] = deque()
         self._next_seq = 1
@@ -158,7 +168,7 @@ class LocalLog:
         pos = Position(first - 1, 0, 0)
         cut = 0
         for offset, payload in frames:
-            seq, lsn, _ts, kind, _t, key, _b = _parse_payload(payload)
+            seq, lsn, _ts, kind, _t, key, _b, _i = _parse_payload(payload)
             if kind == KIND_SEGMENT or kind == KIND_COMMIT:
                 pos = Position(seq, _U64.unpack(key)[0], lsn)
                 cut = offset + 8 + len(payload)
@@ -176,6 +186,7 @@ class LocalLog:
         os.fsync(self._file.fileno())
         self._bytes_on_disk -= size - cut
         self._file_size = cut
+        self._commit_offset = cut
         self._next_seq = pos.seq + 1
         self.durable = self._written = pos
 
@@ -192,6 +203,7 @@ class LocalLog:
         )
         self._file.write(frame)
         self._file_size = len(frame)
+        self._commit_offset = len(frame)
         self._bytes_on_disk += len(frame)
         if first_seq not in self._segments:
             self._segments.append(first_seq)
@@ -213,13 +225,13 @@ class LocalLog:
 
     def append(
         self,
-        events: list[tuple[int, int, int, str, str, bytes, bytes]],
+        events: list[tuple[int, int, int, str, str, bytes, bytes, int]],
         commits: list[tuple[int, int, int, int]],
         order: list[int],
     ) -> None:
         """Append a batch.
 
-        ``events``: (seq, lsn, ts_us, op, table, key, body); ``commits``:
+        ``events``: (seq, lsn, ts_us, op, table, key, body, index); ``commits``:
         (last_seq, commit_lsn, end_lsn, ts_us); ``order`` interleaves them: 0 takes
         the next event, 1 the next commit. Records become visible to readers at
         once; :meth:`sync_to_disk` makes them durable.
@@ -231,16 +243,16 @@ class LocalLog:
         last_commit: Position | None = None
         roll_at: int | None = None
         size = self._file_size
+        commit_off: int | None = None
         for kind in order:
             if kind == 0:
-                seq, lsn, ts, op, table, key, body = events[ei]
+                seq, lsn, ts, op, table, key, body, idx = events[ei]
                 ei += 1
-                tb = table.encode()
                 code = OP_CODES[op]
-                fr = _frame(seq, lsn, ts, code, tb, key, body)
+                fr = _frame(seq, lsn, ts, code, table.encode(), key, body, idx)
                 parts.append(fr)
                 size += len(fr)
-                recs.append(Record(seq, lsn, ts, code, table, key, body))
+                recs.append(Record(seq, lsn, ts, code, table, key, body, idx))
             else:
                 last_seq, commit_lsn, end_lsn, ts = commits[ci]
                 ci += 1
@@ -248,6 +260,7 @@ class LocalLog:
                 parts.append(fr)
                 size += len(fr)
                 last_commit = Position(last_seq, commit_lsn, end_lsn)
+                commit_off = size
                 if size >= self.segment_bytes:
                     roll_at = len(parts)
                     break
@@ -264,6 +277,8 @@ class LocalLog:
             self._next_seq = recs[-1].seq + 1
         if last_commit is not None:
             self._written = last_commit
+            assert commit_off is not None
+            self._commit_offset = commit_off
         with self._lock:
             self._tail.extend(recs[: self._count_events(order, roll_at)] if roll_at else recs)
             while len(self._tail) > self.memory_events:
@@ -296,6 +311,21 @@ class LocalLog:
             ) from exc
         self.durable = self._written
         return self.durable
+
+    def rewind_uncommitted(self) -> None:
+        """Drop records of a transaction that did not finish (the source resends it)."""
+        assert self._file is not None
+        if self._file_size == self._commit_offset:
+            return
+        self._file.flush()
+        self._file.truncate(self._commit_offset)
+        self._file.seek(self._commit_offset)
+        self._bytes_on_disk -= self._file_size - self._commit_offset
+        self._file_size = self._commit_offset
+        self._next_seq = self._written.seq + 1
+        with self._lock:
+            while self._tail and self._tail[-1].seq > self._written.seq:
+                self._tail.pop()
 
     @property
     def size_bytes(self) -> int:
@@ -373,10 +403,10 @@ class LocalLog:
                 end = pos + 8 + length
                 if end > n:
                     break
-                seq, lsn, ts, kind, table, key, body = _parse_payload(data[pos + 8 : end])
+                seq, lsn, ts, kind, table, key, body, idx = _parse_payload(data[pos + 8 : end])
                 pos = end
                 if kind < KIND_SEGMENT and from_seq <= seq <= last:
-                    out.append(Record(seq, lsn, ts, kind, table, key, body))
+                    out.append(Record(seq, lsn, ts, kind, table, key, body, idx))
             offset += pos
             if len(out) >= max_n:
                 break

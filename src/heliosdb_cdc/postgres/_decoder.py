@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from .._event import CdcEvent, OperationType
+from .._event import CdcEvent, OperationType, event_id
 from ._protocol import (
     UNCHANGED,
     Begin,
@@ -212,7 +212,7 @@ class ChangeDecoder:
         self.next_sequence = seq + 1
         assert self._ts is not None
         return CdcEvent(
-            event_id=f"evt_{self._commit_lsn:016x}_{self._index:06d}",
+            event_id=event_id(self._commit_lsn, self._index),
             timestamp=self._ts,
             sequence=seq,
             operation=op,

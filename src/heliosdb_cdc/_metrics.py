@@ -1,0 +1,122 @@
+"""Prometheus metrics, with exactly the user guide's names, plus what CDC operators need.
+
+Label values are bounded: ``stream`` and ``table`` come from the catalog,
+``endpoint`` is the stream's destination (one per stream), ``status`` and
+``queue_type`` are small enums.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Buckets fine enough to answer "is P99 under 50 ms?"
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+EVENTS_PROCESSED = Counter(
+    "heliosdb_cdc_events_processed",
+    "Events processed (captured from the WAL and handed to the streams)",
+    ["table"],
+    registry=REGISTRY,
+)
+EVENTS_FILTERED = Counter(
+    "heliosdb_cdc_events_filtered",
+    "Events filtered out by a stream's tables, operations, columns or predicate",
+    ["stream"],
+    registry=REGISTRY,
+)
+DELIVERY_DURATION = Histogram(
+    "heliosdb_webhook_delivery_duration_seconds",
+    "Delivery latency: one request to the destination, from send to response",
+    ["stream", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+DELIVERY_TOTAL = Counter(
+    "heliosdb_webhook_delivery",
+    "Delivery attempts by outcome (success, failure, retry, rejected, dead_letter)",
+    ["stream", "endpoint", "status"],
+    registry=REGISTRY,
+)
+RETRY_TOTAL = Counter(
+    "heliosdb_webhook_retry",
+    "Retry attempts",
+    ["stream", "endpoint"],
+    registry=REGISTRY,
+)
+CIRCUIT_STATE = Gauge(
+    "heliosdb_circuit_breaker_state",
+    "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+QUEUE_SIZE = Gauge(
+    "heliosdb_event_queue_size",
+    "Events waiting per stream: in memory (memory) or only in the local log on disk (overflow)",
+    ["stream", "queue_type"],
+    registry=REGISTRY,
+)
+END_TO_END = Histogram(
+    "heliosdb_cdc_end_to_end_latency_seconds",
+    "Commit in PostgreSQL to acknowledged delivery",
+    ["stream"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SLOT_LAG_BYTES = Gauge(
+    "heliosdb_cdc_replication_slot_lag_bytes",
+    "Bytes of WAL between the server's current position and the slot's confirmed position",
+    ["slot"],
+    registry=REGISTRY,
+)
+SLOT_RETAINED_BYTES = Gauge(
+    "heliosdb_cdc_replication_slot_retained_wal_bytes",
+    "Bytes of WAL the slot keeps on the server (current position - restart_lsn)",
+    ["slot"],
+    registry=REGISTRY,
+)
+SLOT_LAG_SECONDS = Gauge(
+    "heliosdb_cdc_replication_lag_seconds",
+    "Seconds between now and the commit time of the last captured transaction, when behind",
+    ["slot"],
+    registry=REGISTRY,
+)
+REPLICATION_UP = Gauge(
+    "heliosdb_cdc_replication_connected",
+    "1 while the replication connection is up",
+    ["slot"],
+    registry=REGISTRY,
+)
+CONFIRMED_LSN = Gauge(
+    "heliosdb_cdc_confirmed_lsn",
+    "Last LSN confirmed to PostgreSQL (durable in the local log)",
+    ["slot"],
+    registry=REGISTRY,
+)
+CHECKPOINT_TIME = Gauge(
+    "heliosdb_cdc_last_checkpoint_timestamp_seconds",
+    "Unix time of a stream's last checkpoint",
+    ["stream"],
+    registry=REGISTRY,
+)
+STREAM_CURSOR = Gauge(
+    "heliosdb_cdc_stream_position",
+    "Last sequence a stream has delivered (or dead-lettered) contiguously",
+    ["stream"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "heliosdb_cdc_dead_letters",
+    "Events moved to dead letters",
+    ["stream", "endpoint"],
+    registry=REGISTRY,
+)
+LOCAL_LOG_BYTES = Gauge(
+    "heliosdb_cdc_local_log_bytes",
+    "Bytes of the local log on disk",
+    registry=REGISTRY,
+)

@@ -1,0 +1,657 @@
+"""The running service: wires capture, the local log, streams, sinks and the HTTP API.
+
+:class:`WebhookServer` is the guide's ``WebhookServer``: build it from a
+:class:`Config`, ``async with`` it (or ``await start()`` / ``await stop()``),
+``await register(WebhookRegistration(...))``. The CLI's ``run`` command uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+
+from ._config import (
+    Config,
+    Destination,
+    FilterConfig,
+    StreamConfig,
+    WebhookConfig,
+    WebhookRegistration,
+    load_config,
+)
+from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
+from ._event import OperationType
+from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
+from .delivery._circuit import CircuitBreakerRegistry, CircuitState
+from .delivery._locallog import LocalLog
+from .delivery._runner import StreamRunner, make_router
+from .postgres import format_lsn
+from .postgres._replication import Capture
+from .postgres._setup import (
+    check_server,
+    connect,
+    ensure_publication,
+    ensure_slot,
+    resolve_tables,
+    slot_stats,
+    table_columns,
+)
+from .sinks._base import Sink
+from .sinks._webhook import WebhookSink
+from .store import Store
+
+log = logging.getLogger("heliosdb_cdc")
+
+
+def stream_to_json(cfg: StreamConfig) -> dict[str, Any]:
+    """Catalog form of a stream: secrets kept (the catalog is local state)."""
+    data = cfg.model_dump(mode="json")
+    data["secret"] = cfg.secret.get_secret_value() if cfg.secret else None
+    return data
+
+
+def registration_stream(reg: WebhookRegistration, index: int | None = None) -> StreamConfig:
+    name = reg.name or _registration_name(reg.url)
+    return StreamConfig(
+        name=name,
+        tables=reg.tables or ["*"],
+        destination=Destination(type="webhook", address=reg.url),
+        secret=reg.secret,
+        operations=reg.operations,
+        filters=reg.filters,
+    )
+
+
+def _registration_name(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")
+    return f"webhook_{host}_{hashlib.sha1(url.encode()).hexdigest()[:6]}"
+
+
+class ExactlyOnce:
+    """The guide's ``exactly_once``: ``await was_delivered(event_id, url)``."""
+
+    def __init__(self, store: Store, window_secs: int) -> None:
+        self._store = store
+        self._window = window_secs
+        self._pending: Callable[[str, str], bool] | None = None
+
+    async def was_delivered(self, event_id: str, webhook_url: str) -> bool:
+        if self._pending is not None and self._pending(event_id, webhook_url):
+            return True
+        return await asyncio.to_thread(self._store.was_delivered, event_id, webhook_url, self._window)
+
+
+class WebhookServer:
+    """The heliosdb-cdc service."""
+
+    def __init__(self, config: Config | WebhookConfig | str | Path | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = Config()
+        elif isinstance(config, (str, Path)):
+            config = load_config(config)
+        elif isinstance(config, WebhookConfig):
+            config = Config(webhook=config)
+        if overrides:
+            try:
+                config = Config.model_validate({**config.model_dump(mode="python"), **overrides})
+            except ValidationError as exc:
+                raise ConfigError(str(exc)) from None
+        self.config: Config = config
+        self.store: Store | None = None
+        self.log: LocalLog | None = None
+        self.capture: Capture | None = None
+        self.runners: dict[str, StreamRunner] = {}
+        self.circuit_breaker = CircuitBreakerRegistry(config.webhook.circuit_breaker)
+        self.exactly_once: ExactlyOnce | None = None
+        self.started_at = time.time()
+        self.slot_info: dict[str, Any] = {}
+        self.source_error: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self._semaphore = asyncio.Semaphore(config.webhook.max_concurrent_requests)
+        self._http: Any = None
+        self._table_columns: dict[str, list[dict[str, Any]]] = {}
+        self._started = False
+
+    # -- lifecycle --------------------------------------------------------------
+    async def __aenter__(self) -> WebhookServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def dsn(self) -> str:
+        return self.config.source.dsn.get_secret_value()
+
+    async def start(self, serve_http: bool = True) -> None:
+        cfg = self.config
+        self.store = Store(cfg.state_dir)
+        self.exactly_once = ExactlyOnce(self.store, cfg.webhook.exactly_once.window_secs)
+        self.log = LocalLog(
+            cfg.log_dir,
+            segment_bytes=cfg.cdc.segment_bytes,
+            memory_events=cfg.cdc.memory_queue_events,
+        )
+        pos = self.log.open()
+        self.log.bind_loop(asyncio.get_running_loop())
+        log.info(
+            "local log %s: %d events, last transaction %s",
+            self.log.dir,
+            pos.seq,
+            format_lsn(pos.end_lsn),
+        )
+        await self._prepare_source()
+        await self._reconcile_config()
+        await self._sync_publication()
+        self.capture = Capture(
+            dsn=self.dsn,
+            slot=cfg.source.slot,
+            publication=cfg.source.publication,
+            database=cfg.database,
+            log_=self.log,
+            batch_size=cfg.cdc.batch_size,
+            poll_interval_ms=cfg.cdc.poll_interval_ms,
+            max_log_bytes=cfg.cdc.max_log_bytes,
+            streaming=cfg.source.streaming,
+            status_interval=cfg.source.status_interval_secs,
+            reconnect_max_delay=cfg.source.reconnect_max_delay_secs,
+        )
+        self.capture.start()
+        for row in self.store.list_streams():
+            await self._start_runner(row)
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if serve_http:
+            from .server import start_http
+
+            self._http = await start_http(self)
+        self._started = True
+        log.info("heliosdb-cdc running: %d stream(s)", len(self.runners))
+
+    async def stop(self) -> None:
+        """Drain in-flight deliveries, checkpoint, stop capture."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        self.runners.clear()
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.stop)
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self.log is not None:
+            self.log.close()
+        if self.store is not None:
+            self.store.close()
+        self._started = False
+
+    # -- source ------------------------------------------------------------------
+    async def _prepare_source(self) -> None:
+        """Check the server and create the slot; retry with backoff while unreachable."""
+        delay = 0.5
+        last = None
+        while True:
+            try:
+                await asyncio.to_thread(self._prepare_source_sync)
+                self.source_error = None
+                return
+            except SourceError as exc:
+                msg = str(exc)
+                if "wal_level" in msg or "plugin" in msg:
+                    raise
+                if msg != last:
+                    log.error("%s; retrying with backoff", msg)
+                    last = msg
+                self.source_error = msg
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.config.source.reconnect_max_delay_secs)
+
+    def _prepare_source_sync(self) -> None:
+        conn = connect(self.dsn)
+        try:
+            check_server(conn)
+            ensure_slot(conn, self.config.source.slot)
+        finally:
+            conn.close()
+
+    def _tables_of(self, cfg: StreamConfig) -> list[str]:
+        conn = connect(self.dsn)
+        try:
+            return resolve_tables(conn, cfg.tables)
+        finally:
+            conn.close()
+
+    async def _sync_publication(self) -> None:
+        wanted: set[str] = set()
+        conn = await asyncio.to_thread(connect, self.dsn)
+        try:
+            assert self.store is not None
+            names = list(self.config.source.tables)
+            for row in self.store.list_streams():
+                names.extend(row["config"]["tables"])
+            for name in names:
+                try:
+                    wanted.update(await asyncio.to_thread(resolve_tables, conn, [name]))
+                except SourceError as exc:
+                    log.warning("%s: not captured", exc)
+            await asyncio.to_thread(
+                ensure_publication, conn, self.config.source.publication, sorted(wanted)
+            )
+        finally:
+            conn.close()
+
+    def columns_of(self, table: str) -> list[dict[str, Any]]:
+        cols = self._table_columns.get(table)
+        if cols is None:
+            conn = connect(self.dsn)
+            try:
+                cols = table_columns(conn, table)
+            finally:
+                conn.close()
+            self._table_columns[table] = cols
+        return cols
+
+    # -- catalog reconciliation --------------------------------------------------------
+    async def _reconcile_config(self) -> None:
+        assert self.store is not None
+        declared = [*self.config.streams]
+        declared += [registration_stream(r) for r in self.config.webhooks]
+        existing = {r["name"]: r for r in self.store.list_streams()}
+        created, updated, removed = [], [], []
+        for cfg in declared:
+            data = stream_to_json(cfg)
+            row = existing.get(cfg.name)
+            if row is None:
+                self.store.create_stream(cfg.name, data, "config", "running")
+                self.store.checkpoint(cfg.name, self.log.last_seq if self.log else 0)
+                created.append(cfg.name)
+            elif row["config"] != data:
+                self.store.update_stream_config(cfg.name, data)
+                updated.append(cfg.name)
+        names = {c.name for c in declared}
+        for name, row in existing.items():
+            if row["origin"] == "config" and name not in names:
+                self.store.drop_stream(name)
+                removed.append(name)
+        if created or updated or removed:
+            log.info(
+                "configuration reconciled with the catalog: created %s, updated %s, removed %s",
+                created or "-",
+                updated or "-",
+                removed or "-",
+            )
+
+    # -- runners -----------------------------------------------------------------
+    def _build_sink(self, cfg: StreamConfig) -> tuple[Sink, str]:
+        dest = cfg.destination
+        wh = self.config.webhook
+        if dest.type == "webhook":
+            secrets = []
+            if cfg.secret is not None and cfg.secret.get_secret_value():
+                secrets = [s.strip() for s in cfg.secret.get_secret_value().split(",")]
+            sink = WebhookSink(
+                dest.address,
+                secrets,
+                name=cfg.name,
+                lanes=wh.worker_pool_size,
+                batch_size=int(dest.options.get("batch_size", wh.batch_size)),
+                timeout_secs=wh.timeout_secs,
+                max_concurrent_requests=wh.max_concurrent_requests,
+                semaphore=self._semaphore,
+                max_payload_bytes=wh.max_payload_bytes,
+            )
+            return sink, dest.address
+        if dest.type == "kafka":
+            from .sinks._kafka import KafkaSink
+
+            return KafkaSink(dest, stream_name=cfg.name, format=cfg.format), f"kafka://{dest.address}/{dest.topic}"  # type: ignore[call-arg]
+        if dest.type == "kinesis":
+            from .sinks._kinesis import KinesisSink
+
+            return KinesisSink(dest, stream_name=cfg.name, format=cfg.format), f"kinesis://{dest.region}/{dest.address}"  # type: ignore[call-arg]
+        from .sinks._memory import MemorySink
+
+        return MemorySink(cfg.name), f"memory://{cfg.name}"
+
+    def _filters_for(self, cfg: StreamConfig) -> list[FilterConfig]:
+        """Top-level filters naming one of the stream's tables, then the stream's own."""
+        out: list[FilterConfig] = []
+        stream_tables = {t.removeprefix("public.") for t in cfg.tables}
+        for f in self.config.filters:
+            ft = {t.removeprefix("public.") for t in f.tables}
+            if not ft or ft & stream_tables or "*" in stream_tables:
+                out.append(f)
+        out.extend(cfg.filters)
+        return out
+
+    def _compile(self, cfg: StreamConfig, endpoint: str) -> tuple[Any, Any]:
+        filters = self._filters_for(cfg)
+        predicate = None
+        if filters:
+            from .pipeline import FilterChain, compile_filter
+
+            chain = FilterChain([compile_filter(f) for f in filters])
+            predicate = chain.passes
+        transform = None
+        for t in self.config.transformations:
+            if t.target in (endpoint, cfg.name, cfg.destination.address):
+                from .pipeline import compile_transformation
+
+                transform = compile_transformation(t).apply
+                break
+        return predicate, transform
+
+    async def _start_runner(self, row: dict[str, Any]) -> StreamRunner:
+        assert self.store is not None and self.log is not None
+        cfg = StreamConfig.model_validate(row["config"])
+        sink, endpoint = self._build_sink(cfg)
+        predicate, transform = self._compile(cfg, endpoint)
+        ops = {o.value for o in cfg.operations} or None
+        runner = StreamRunner(
+            cfg.name,
+            sink,
+            self.log,
+            self.store,
+            endpoint=endpoint,
+            breaker=self.circuit_breaker.breaker(endpoint),
+            retry=self.config.webhook.retry,
+            exactly_once=self.config.webhook.exactly_once,
+            route=make_router(set(cfg.tables) if "*" not in cfg.tables else None, ops),
+            predicate=predicate,
+            transform=transform,
+            needs_event=getattr(sink, "needs_event", False),
+            checkpoint_interval=self.config.cdc.checkpoint_interval,
+            poll_interval=self.config.cdc.poll_interval_ms / 1000.0,
+        )
+        runner.config = cfg  # type: ignore[attr-defined]
+        cursor = self.store.get_cursor(cfg.name)
+        if cursor is None:
+            cursor = self.log.last_seq
+            self.store.checkpoint(cfg.name, cursor)
+        if row["state"] == "paused":
+            runner.pause()
+        await runner.start(cursor)
+        self.runners[cfg.name] = runner
+        return runner
+
+    # -- housekeeping -----------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        assert self.store is not None and self.log is not None
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                cursors = [r.cursor for r in self.runners.values()]
+                low = min(cursors) if cursors else self.log.durable.seq
+                await asyncio.to_thread(self.log.truncate_before, min(low, self.log.durable.seq))
+                if time.time() - last_prune > 300:
+                    eo = self.config.webhook.exactly_once
+                    await asyncio.to_thread(
+                        self.store.prune_deliveries, eo.retention_secs or eo.window_secs
+                    )
+                    last_prune = time.time()
+                await self._refresh_slot_stats()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("housekeeping: %s", exc)
+
+    async def _refresh_slot_stats(self) -> None:
+        def read() -> dict[str, Any]:
+            conn = connect(self.dsn)
+            try:
+                return slot_stats(conn, self.config.source.slot)
+            finally:
+                conn.close()
+
+        try:
+            info = await asyncio.to_thread(read)
+        except SourceError as exc:
+            self.source_error = str(exc)
+            return
+        slot = self.config.source.slot
+        self.slot_info = info
+        if info:
+            SLOT_LAG_BYTES.labels(slot).set(info["lag_bytes"])
+            SLOT_RETAINED_BYTES.labels(slot).set(info["retained_bytes"])
+        lag_s = 0.0
+        if self.capture and info.get("lag_bytes", 0) > 0 and self.capture.status.last_commit_ts_us:
+            lag_s = max(0.0, time.time() - self.capture.status.last_commit_ts_us / 1e6)
+        SLOT_LAG_SECONDS.labels(slot).set(lag_s)
+        self.slot_info["lag_seconds"] = round(lag_s, 3)
+
+    # -- stream management (SQL, REST, Python) -------------------------------------------
+    async def create_stream(self, cfg: StreamConfig, origin: str = "sql") -> StreamConfig:
+        assert self.store is not None
+        async with self._lock:
+            if cfg.name in self.runners or any(
+                r["name"] == cfg.name for r in self.store.list_streams()
+            ):
+                raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
+            if "*" not in cfg.tables:
+                try:
+                    await asyncio.to_thread(self._tables_of, cfg)
+                except SourceError as exc:
+                    raise SqlError(str(exc.message), stream=cfg.name) from None
+            # validate filters/transforms before anything is stored
+            self._compile(cfg, cfg.destination.address)
+            self.store.create_stream(cfg.name, stream_to_json(cfg), origin, "running")
+            try:
+                await self._sync_publication()
+                await self._start_runner(self.store.get_stream(cfg.name))
+            except Exception:
+                self.store.drop_stream(cfg.name)
+                raise
+        log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
+        return cfg
+
+    async def drop_stream(self, name: str, if_exists: bool = False) -> None:
+        assert self.store is not None
+        async with self._lock:
+            try:
+                self.store.get_stream(name)
+            except StreamNotFound:
+                if if_exists:
+                    return
+                raise
+            runner = self.runners.pop(name, None)
+            if runner is not None:
+                await runner.stop(drain_timeout=2.0)
+            self.store.drop_stream(name)
+            await self._sync_publication()
+        log.info("stream %s dropped", name)
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        assert self.store is not None
+        self.store.set_state(name, "paused" if paused else "running")
+        runner = self.runners.get(name)
+        if runner is not None:
+            runner.pause() if paused else runner.resume()
+        log.info("stream %s %s", name, "paused" if paused else "resumed")
+
+    def stream_state(self, name: str, row: dict[str, Any]) -> str:
+        runner = self.runners.get(name)
+        if row["state"] == "paused":
+            return "paused"
+        if runner is None or row.get("failed"):
+            return "failed"
+        return "running"
+
+    def list_stream_rows(self) -> list[dict[str, Any]]:
+        assert self.store is not None
+        rows = []
+        for row in self.store.list_streams():
+            cfg = row["config"]
+            runner = self.runners.get(row["name"])
+            rows.append(
+                {
+                    "name": row["name"],
+                    "tables": ",".join(cfg["tables"]),
+                    "destination": cfg["destination"]["type"],
+                    "address": cfg["destination"]["address"]
+                    + (f" topic={cfg['destination']['topic']}" if cfg["destination"].get("topic") else ""),
+                    "format": cfg["format"].upper(),
+                    "state": self.stream_state(row["name"], row),
+                    "delivered": runner.stats.delivered if runner else 0,
+                    "lag_events": (self.log.last_seq - runner.cursor) if runner and self.log else 0,
+                }
+            )
+        return rows
+
+    def stream_status(self, name: str) -> dict[str, Any]:
+        assert self.store is not None and self.log is not None
+        row = self.store.get_stream(name)
+        runner = self.runners.get(name)
+        cfg = row["config"]
+        st = runner.stats if runner else None
+        cap = self.capture.status if self.capture else None
+        lag_events = (self.log.last_seq - runner.cursor) if runner else 0
+        lag_seconds = 0.0
+        if runner and lag_events > 0 and runner.cursor < self.log.last_seq:
+            first = self.log.read_memory(runner.cursor + 1, 1)
+            if first:
+                lag_seconds = max(0.0, time.time() - first[0].ts_us / 1e6)
+        endpoint = runner.endpoint if runner else cfg["destination"]["address"]
+        breaker = self.circuit_breaker.states().get(endpoint, CircuitState.CLOSED)
+        return {
+            "name": name,
+            "state": self.stream_state(name, row),
+            "tables": ",".join(cfg["tables"]),
+            "destination": f"{cfg['destination']['type']} {cfg['destination']['address']}",
+            "format": cfg["format"].upper(),
+            "source_position": format_lsn(cap.confirmed_lsn) if cap else None,
+            "replication_connected": cap.connected if cap else False,
+            "stream_position": runner.cursor if runner else None,
+            "lag_events": lag_events,
+            "lag_bytes": self.slot_info.get("lag_bytes", 0),
+            "lag_seconds": round(lag_seconds, 3),
+            "events_processed": st.processed if st else 0,
+            "events_filtered": st.filtered if st else 0,
+            "events_delivered": st.delivered if st else 0,
+            "events_failed": st.failed if st else 0,
+            "events_retried": st.retried if st else 0,
+            "dead_letters": self.store.count_dead_letters(name),
+            "queue_memory": runner.queue_memory if runner else 0,
+            "queue_overflow": runner.queue_overflow if runner else 0,
+            "throughput_per_sec": round(st.rate(), 1) if st else 0.0,
+            "p99_latency_ms": st.p99_ms() if st else None,
+            "circuit_breaker": f"{endpoint}={breaker.name}",
+            "last_error": (st.last_error if st else None) or row["last_error"],
+            "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
+            "capture_paused": cap.paused_reason if cap else None,
+        }
+
+    # -- the guide's Python API -----------------------------------------------------------
+    async def register(self, registration: WebhookRegistration) -> str:
+        """Register a webhook endpoint; returns the name of the stream that serves it."""
+        cfg = registration_stream(registration)
+        await self.create_stream(cfg, origin="api")
+        return cfg.name
+
+    async def unregister(self, url_or_name: str) -> None:
+        assert self.store is not None
+        for row in self.store.list_streams():
+            dest = row["config"]["destination"]
+            if row["name"] == url_or_name or (dest["type"] == "webhook" and dest["address"] == url_or_name):
+                await self.drop_stream(row["name"])
+                return
+        raise StreamNotFound(f"no webhook registered for {url_or_name!r}")
+
+    async def webhooks(self) -> list[dict[str, Any]]:
+        assert self.store is not None
+        out = []
+        for row in self.store.list_streams():
+            cfg = row["config"]
+            if cfg["destination"]["type"] != "webhook":
+                continue
+            out.append(
+                {
+                    "name": row["name"],
+                    "url": cfg["destination"]["address"],
+                    "secret": "********" if cfg.get("secret") else None,
+                    "tables": cfg["tables"],
+                    "operations": cfg["operations"],
+                    "state": row["state"],
+                }
+            )
+        return out
+
+    async def add_filter(self, flt: Any, stream: str | None = None) -> None:
+        """Attach a filter (FilterConfig or a built EventFilter) to one stream or to all."""
+        assert self.store is not None
+        fc = flt if isinstance(flt, FilterConfig) else getattr(flt, "config", None)
+        if not isinstance(fc, FilterConfig):
+            raise CdcError("add_filter takes a FilterConfig or EventFilter(...).build()")
+        names = [stream] if stream else [r["name"] for r in self.store.list_streams()]
+        for name in names:
+            row = self.store.get_stream(name)
+            cfg = StreamConfig.model_validate(row["config"])
+            cfg = cfg.model_copy(update={"filters": [*cfg.filters, fc]})
+            self.store.update_stream_config(name, stream_to_json(cfg))
+            runner = self.runners.pop(name, None)
+            if runner is not None:
+                await runner.stop(drain_timeout=5.0)
+            await self._start_runner(self.store.get_stream(name))
+
+    # -- dead letters -------------------------------------------------------------------------
+    async def replay_dead_letters(self, ids: list[int] | None = None, stream: str | None = None) -> int:
+        """Send dead letters again (honouring the delivery log); delete those delivered."""
+        assert self.store is not None and self.exactly_once is not None
+        rows = self.store.list_dead_letters(stream, limit=100_000)
+        if ids is not None:
+            wanted = set(ids)
+            rows = [r for r in rows if r["id"] in wanted]
+        done: list[int] = []
+        from .sinks._base import OutboundEvent
+
+        for r in rows:
+            full = self.store.get_dead_letter(r["id"])
+            runner = self.runners.get(r["stream"])
+            if full is None or runner is None:
+                continue
+            if await self.exactly_once.was_delivered(full["event_id"], full["endpoint"]):
+                done.append(r["id"])
+                continue
+            ev = OutboundEvent(
+                full["event_id"], full["seq"], full["table"], full["operation"], full["key"], full["body"], ""
+            )
+            results = await runner.sink.send([ev])
+            if results[0].ok:
+                self.store.checkpoint(
+                    r["stream"], runner.cursor, [(full["endpoint"], full["event_id"], full["seq"], time.time())]
+                )
+                done.append(r["id"])
+        if done:
+            self.store.delete_dead_letters(done)
+        return len(done)
+
+
+def _iso(ts: float | None) -> str | None:
+    if not ts:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def operations_from(values: list[str]) -> list[OperationType]:
+    return [OperationType.parse(v) for v in values]
+
+
+__all__ = ["ExactlyOnce", "SecretStr", "WebhookServer"]

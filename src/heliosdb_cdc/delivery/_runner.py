@@ -1,0 +1,462 @@
+"""A stream's delivery loop: local log -> route/filter/transform -> sink.
+
+One reader walks the local log from the stream's cursor and spreads events over
+``sink.lanes`` lanes by (table, key): a lane sends in order, so one row's
+changes reach the destination in commit order while unrelated keys proceed in
+parallel. Retries, the circuit breaker and dead letters act per lane.
+
+The cursor is the last sequence below which every event is finished (delivered,
+filtered or dead-lettered); it is checkpointed with the batch of delivery
+records in one SQLite transaction every ``checkpoint_interval`` events or
+``poll_interval_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from .._config import ExactlyOnceConfig, RetryConfig
+from .._errors import SinkError
+from .._metrics import (
+    CHECKPOINT_TIME,
+    DEAD_LETTERS,
+    DELIVERY_DURATION,
+    DELIVERY_TOTAL,
+    END_TO_END,
+    EVENTS_FILTERED,
+    QUEUE_SIZE,
+    RETRY_TOTAL,
+    STREAM_CURSOR,
+)
+from ..sinks._base import OutboundEvent, Outcome, Sink, SinkResult
+from ..store import Store
+from ._circuit import CircuitBreaker
+from ._locallog import OP_CODES, LocalLog, Record
+
+log = logging.getLogger("heliosdb_cdc.delivery")
+
+EventPredicate = Callable[[dict[str, Any]], bool]
+BodyTransform = Callable[[dict[str, Any]], bytes]
+
+
+def decode_event(body: bytes) -> dict[str, Any]:
+    """The stored event as a dict; numbers with a fraction become exact Decimals."""
+    result: dict[str, Any] = json.loads(body, parse_float=Decimal)
+    return result
+
+
+@dataclass
+class StreamStats:
+    processed: int = 0
+    filtered: int = 0
+    delivered: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_delivery_at: float | None = None
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    delivered_window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=120))
+
+    def p99_ms(self) -> float | None:
+        if not self.latencies:
+            return None
+        data = sorted(self.latencies)
+        return round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1000, 2)
+
+    def rate(self) -> float:
+        w = self.delivered_window
+        if len(w) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = w[0], w[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        log_: LocalLog,
+        store: Store,
+        *,
+        endpoint: str,
+        breaker: CircuitBreaker,
+        retry: RetryConfig,
+        exactly_once: ExactlyOnceConfig,
+        route: Callable[[str, int], bool],
+        predicate: EventPredicate | None = None,
+        transform: BodyTransform | None = None,
+        needs_event: bool = False,
+        checkpoint_interval: int = 1000,
+        poll_interval: float = 0.05,
+        max_inflight: int = 10_000,
+        read_batch: int = 1000,
+    ) -> None:
+        self.name = name
+        self.sink = sink
+        self.log = log_
+        self.store = store
+        self.endpoint = endpoint
+        self.breaker = breaker
+        self.retry = retry
+        self.exactly_once = exactly_once
+        self.route = route
+        self.predicate = predicate
+        self.transform = transform
+        self.needs_event = needs_event or predicate is not None or transform is not None
+        self.checkpoint_interval = checkpoint_interval
+        self.poll_interval = poll_interval
+        self.max_inflight = max_inflight
+        self.read_batch = read_batch
+        self.stats = StreamStats()
+        self.paused = False
+        self.cursor = 0
+        self._saved_cursor = 0
+        self._last_read = 0
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._delivered_buf: list[tuple[str, str, int, float]] = []
+        self._skip_ids: set[str] = set()
+        self._lanes: list[asyncio.Queue[OutboundEvent]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._since_checkpoint = 0
+        self._m_filtered = EVENTS_FILTERED.labels(name)
+        self._m_duration = DELIVERY_DURATION.labels(name, endpoint)
+        self._m_success = DELIVERY_TOTAL.labels(name, endpoint, "success")
+        self._m_failure = DELIVERY_TOTAL.labels(name, endpoint, "failure")
+        self._m_retry = RETRY_TOTAL.labels(name, endpoint)
+        self._m_e2e = END_TO_END.labels(name)
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self, cursor: int) -> None:
+        self.cursor = self._saved_cursor = self._last_read = cursor
+        committed = getattr(self.sink, "committed_sequence", None)
+        await self.sink.start()
+        if committed is not None:
+            seq = await committed()
+            if seq is not None and seq > cursor:
+                log.info("stream %s: destination holds events through %d; resuming there", self.name, seq)
+                self.cursor = self._saved_cursor = self._last_read = seq
+        if self.exactly_once.enabled:
+            self._skip_ids = await asyncio.to_thread(
+                self.store.delivered_after, self.endpoint, self.cursor
+            )
+        self._stop.clear()
+        self._lanes = [asyncio.Queue() for _ in range(max(1, self.sink.lanes))]
+        self._tasks = [asyncio.create_task(self._lane(q), name=f"{self.name}-lane") for q in self._lanes]
+        self._tasks.append(asyncio.create_task(self._reader(), name=f"{self.name}-reader"))
+        self._tasks.append(asyncio.create_task(self._checkpointer(), name=f"{self.name}-ckpt"))
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop reading, let in-flight deliveries finish (up to the timeout), checkpoint."""
+        self._stop.set()
+        self._resume.set()
+        reader = [t for t in self._tasks if t.get_name().endswith("-reader")]
+        for t in reader:
+            t.cancel()
+        deadline = time.monotonic() + drain_timeout
+        while self._pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        await self._checkpoint()
+        await self.sink.close()
+
+    def pause(self) -> None:
+        self.paused = True
+        self._resume.clear()
+
+    def resume(self) -> None:
+        self.paused = False
+        self._resume.set()
+
+    # -- reader --------------------------------------------------------------------
+    async def _reader(self) -> None:
+        lanes = self._lanes
+        n_lanes = len(lanes)
+        pos = self.cursor + 1
+        route = self.route
+        while not self._stop.is_set():
+            if not self._resume.is_set():
+                await self._resume.wait()
+                continue
+            if len(self._pending) >= self.max_inflight:
+                self._space.clear()
+                await self._space.wait()
+                continue
+            recs = await self.log.read(pos, self.read_batch)
+            if not recs:
+                await self.log.wait_beyond(pos - 1, timeout=0.5)
+                continue
+            filtered = 0
+            for rec in recs:
+                pos = rec.seq + 1
+                self.stats.processed += 1
+                if not route(rec.table, rec.op):
+                    filtered += 1
+                    self._skip(rec.seq)
+                    continue
+                ev = self._outbound(rec)
+                if ev is None:
+                    filtered += 1
+                    self._skip(rec.seq)
+                    continue
+                self._pending.append(rec.seq)
+                lanes[hash((rec.table, rec.key)) % n_lanes].put_nowait(ev)
+            if filtered:
+                self.stats.filtered += filtered
+                self._m_filtered.inc(filtered)
+            self._last_read = pos - 1
+            self._advance()
+
+    def _outbound(self, rec: Record) -> OutboundEvent | None:
+        event_id = rec.event_id
+        if event_id in self._skip_ids:
+            return None
+        body = rec.body
+        event: dict[str, Any] | None = None
+        if self.needs_event:
+            event = decode_event(rec.body)
+            if self.predicate is not None:
+                try:
+                    if not self.predicate(event):
+                        return None
+                except Exception as exc:  # a predicate failing for one event
+                    return self._failed_event(rec, event, f"predicate failed: {exc}")
+            if self.transform is not None:
+                try:
+                    body = self.transform(event)
+                except Exception as exc:
+                    return self._failed_event(rec, event, f"transformation failed: {exc}")
+        return OutboundEvent(
+            event_id=event_id,
+            sequence=rec.seq,
+            table=rec.table,
+            operation=rec.operation,
+            key=rec.key,
+            body=body,
+            timestamp="",
+            commit_ts_us=rec.ts_us,
+            event=event,
+        )
+
+    def _failed_event(self, rec: Record, event: dict[str, Any] | None, error: str) -> None:
+        now = time.time()
+        self._dead_letter(
+            [(OutboundEvent(rec.event_id, rec.seq, rec.table, rec.operation, rec.key, rec.body, ""), error, 0)],
+            now,
+        )
+        return None
+
+    def _skip(self, seq: int) -> None:
+        # filtered/skipped events are finished at once; nothing to track unless
+        # something before them is still in flight
+        if self._pending:
+            self._pending.append(seq)
+            self._done.add(seq)
+
+    def _complete(self, seq: int) -> None:
+        self._done.add(seq)
+        self._advance()
+
+    def _advance(self) -> None:
+        pending, done = self._pending, self._done
+        while pending and pending[0] in done:
+            done.discard(pending.popleft())
+        self.cursor = pending[0] - 1 if pending else self._last_read
+        if len(pending) < self.max_inflight:
+            self._space.set()
+
+    # -- lanes ---------------------------------------------------------------------
+    async def _lane(self, q: asyncio.Queue[OutboundEvent]) -> None:
+        max_batch = max(1, self.sink.max_batch)
+        while True:
+            ev = await q.get()
+            batch = [ev]
+            while len(batch) < max_batch and not q.empty():
+                batch.append(q.get_nowait())
+            await self._deliver(batch)
+            for e in batch:
+                self._done.add(e.sequence)
+            self._advance()
+
+    async def _deliver(self, batch: list[OutboundEvent]) -> None:
+        todo = batch
+        attempt = 1
+        first_at = time.time()
+        retry = self.retry
+        while todo:
+            await self.breaker.acquire()
+            t0 = time.perf_counter()
+            try:
+                results = await self.sink.send(todo)
+            except SinkError as exc:
+                results = [SinkResult(Outcome.RETRY, str(exc))] * len(todo)
+            except Exception as exc:  # vendor errors must not escape a sink; be safe anyway
+                log.exception("stream %s: sink %s raised", self.name, self.sink.name)
+                results = [SinkResult(Outcome.RETRY, f"{type(exc).__name__}: {exc}")] * len(todo)
+            elapsed = time.perf_counter() - t0
+            self._m_duration.observe(elapsed)
+            now = time.time()
+            again: list[OutboundEvent] = []
+            dead: list[tuple[OutboundEvent, str, int]] = []
+            retry_after = 0.0
+            any_fail = False
+            n_ok = 0
+            for ev, res in zip(todo, results, strict=True):
+                if res.outcome is Outcome.DELIVERED:
+                    n_ok += 1
+                    if self.exactly_once.enabled:
+                        self._delivered_buf.append((self.endpoint, ev.event_id, ev.sequence, now))
+                    if ev.commit_ts_us:
+                        lat = now - ev.commit_ts_us / 1_000_000
+                        self.stats.latencies.append(lat)
+                        self._m_e2e.observe(lat)
+                    continue
+                any_fail = True
+                self._note_error(res.error or res.outcome.value, ev)
+                if res.outcome is Outcome.FAILED or attempt >= retry.max_attempts:
+                    dead.append((ev, res.error or "failed", attempt))
+                else:
+                    again.append(ev)
+                    retry_after = max(retry_after, res.retry_after or 0.0)
+            if any_fail:
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+            if n_ok:
+                self._m_success.inc(n_ok)
+                self.stats.delivered += n_ok
+                self.stats.last_delivery_at = now
+            n_fail = len(todo) - n_ok
+            if n_fail:
+                self._m_failure.inc(n_fail)
+            if dead:
+                self._dead_letter(dead, first_at)
+            if not again:
+                return
+            attempt += 1
+            self.stats.retried += len(again)
+            self._m_retry.inc(len(again))
+            delay = retry.delay_ms(attempt) / 1000.0
+            if retry.jitter and delay:
+                delay += random.uniform(0, delay * 0.25)
+            await asyncio.sleep(max(delay, min(retry_after, retry.max_delay_ms / 1000.0)))
+            todo = again
+
+    def _note_error(self, error: str, ev: OutboundEvent) -> None:
+        self.stats.last_error = error
+        self.stats.last_error_at = time.time()
+        log.warning(
+            "delivery failed: %s",
+            error,
+            extra={"stream": self.name, "endpoint": self.endpoint, "event_id": ev.event_id},
+        )
+
+    def _dead_letter(self, items: list[tuple[OutboundEvent, str, int]], first_at: float) -> None:
+        now = time.time()
+        rows = [
+            (
+                self.name,
+                self.endpoint,
+                ev.event_id,
+                ev.sequence,
+                ev.table,
+                ev.operation,
+                ev.key,
+                ev.body,
+                error,
+                attempts,
+                first_at,
+                now,
+            )
+            for ev, error, attempts in items
+        ]
+        self.store.add_dead_letters(rows)
+        self.stats.failed += len(items)
+        self.stats.dead_lettered += len(items)
+        DEAD_LETTERS.labels(self.name, self.endpoint).inc(len(items))
+        DELIVERY_TOTAL.labels(self.name, self.endpoint, "dead_letter").inc(len(items))
+
+    # -- checkpoints ------------------------------------------------------------------
+    async def _checkpointer(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            self.stats.delivered_window.append((time.monotonic(), self.stats.delivered))
+            QUEUE_SIZE.labels(self.name, "memory").set(len(self._pending))
+            QUEUE_SIZE.labels(self.name, "overflow").set(max(0, self.log.last_seq - self._last_read))
+            try:
+                await self._checkpoint()
+            except Exception as exc:
+                self._note_error(f"checkpoint failed: {exc}", OutboundEvent("-", 0, "", "", b"", b"", ""))
+
+    async def _checkpoint(self) -> None:
+        cursor = self.cursor
+        if cursor <= self._saved_cursor and not self._delivered_buf:
+            return
+        buf, self._delivered_buf = self._delivered_buf, []
+        await asyncio.to_thread(self.store.checkpoint, self.name, max(cursor, self._saved_cursor), buf)
+        self._saved_cursor = max(cursor, self._saved_cursor)
+        STREAM_CURSOR.labels(self.name).set(self._saved_cursor)
+        CHECKPOINT_TIME.labels(self.name).set(time.time())
+
+    # -- status ----------------------------------------------------------------------
+    @property
+    def queue_memory(self) -> int:
+        return len(self._pending)
+
+    @property
+    def queue_overflow(self) -> int:
+        return max(0, self.log.last_seq - self._last_read)
+
+
+def make_router(tables: set[str] | None, operations: set[str] | None) -> Callable[[str, int], bool]:
+    """Fast routing on (table, operation code); ``None`` means any."""
+    import fnmatch
+
+    ops = {OP_CODES[o] for o in operations} if operations else None
+    exact: set[str] = set()
+    patterns: list[str] = []
+    for t in tables or ():
+        t = t[7:] if t.startswith("public.") else t
+        if any(c in t for c in "*?["):
+            patterns.append(t)
+        else:
+            exact.add(t)
+    cache: dict[str, bool] = {}
+
+    def table_ok(table: str) -> bool:
+        hit = cache.get(table)
+        if hit is None:
+            hit = table in exact or any(fnmatch.fnmatchcase(table, p) for p in patterns)
+            cache[table] = hit
+        return hit
+
+    if tables is None and ops is None:
+        return lambda table, op: True
+    if tables is None:
+        return lambda table, op: op in ops  # type: ignore[operator]
+    if ops is None:
+        return lambda table, op: table_ok(table)
+    return lambda table, op: op in ops and table_ok(table)

@@ -1,0 +1,160 @@
+"""One-off SQL against the source: checks, publication, slot, catalog lookups."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from .._errors import SourceError
+
+log = logging.getLogger("heliosdb_cdc.postgres")
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg2.extensions.connection:
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=10, **kwargs)
+    except psycopg2.OperationalError as exc:
+        raise SourceError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from exc
+    conn.autocommit = True
+    return conn
+
+
+def check_server(conn: psycopg2.extensions.connection) -> int:
+    """Fail with the exact fix when the server cannot do logical replication."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW wal_level")
+        (level,) = cur.fetchone()  # type: ignore[misc]
+        if level != "logical":
+            raise SourceError(
+                f"PostgreSQL has wal_level={level}; change data capture needs wal_level=logical. "
+                "Fix: run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL."
+            )
+        return int(conn.server_version)
+
+
+def split_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return (schema or "public", table)
+
+
+def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -> list[str]:
+    """Expand ``*`` patterns and check each table exists; return ``schema.table`` names."""
+    out: list[str] = []
+    with conn.cursor() as cur:
+        for name in names:
+            schema, table = split_table(name)
+            if "*" in name or "?" in name:
+                cur.execute(
+                    "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relkind IN ('r','p') AND n.nspname LIKE %s AND c.relname LIKE %s "
+                    "ORDER BY 1",
+                    (schema.replace("*", "%").replace("?", "_"), table.replace("*", "%").replace("?", "_")),
+                )
+                out.extend(r[0] for r in cur.fetchall())
+                continue
+            cur.execute(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r','p') AND n.nspname = %s AND c.relname = %s",
+                (schema, table),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise SourceError(f"table {name!r} does not exist in the source database", table=name)
+            out.append(row[0])
+    return sorted(set(out))
+
+
+def table_columns(conn: psycopg2.extensions.connection, table: str) -> list[dict[str, Any]]:
+    schema, name = split_table(table)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT a.attname, a.atttypid::int, NOT a.attnotnull, "
+            "coalesce(a.attnum = ANY(i.indkey), false) "
+            "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum",
+            (schema, name),
+        )
+        return [
+            {"name": r[0], "type_oid": r[1], "nullable": r[2], "key": r[3]} for r in cur.fetchall()
+        ]
+
+
+def ensure_publication(
+    conn: psycopg2.extensions.connection, publication: str, tables: Iterable[str]
+) -> list[str]:
+    """Make the publication hold exactly ``tables`` (``schema.table``); return them."""
+    wanted = sorted(set(tables))
+    with conn.cursor() as cur:
+        cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(publication)))
+            log.info("created publication %s", publication)
+        elif row[0]:
+            return wanted  # FOR ALL TABLES: nothing to manage
+        cur.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+            (publication,),
+        )
+        current = {r[0] for r in cur.fetchall()}
+        add = [t for t in wanted if t not in current]
+        drop = [t for t in current if t not in wanted]
+        for verb, items in (("ADD", add), ("DROP", drop)):
+            if items:
+                idents = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in items)
+                cur.execute(
+                    sql.SQL("ALTER PUBLICATION {} " + verb + " TABLE {}").format(
+                        sql.Identifier(publication), idents
+                    )
+                )
+                log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
+    return wanted
+
+
+def ensure_slot(conn: psycopg2.extensions.connection, slot: str) -> bool:
+    """Create the logical slot if missing; True when it was created."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )
+        row = cur.fetchone()
+        if row is not None:
+            if row[0] != "pgoutput":
+                raise SourceError(
+                    f"replication slot {slot!r} uses plugin {row[0]!r}, not pgoutput; "
+                    "choose another source.slot or drop that slot",
+                    slot=slot,
+                )
+            return False
+        cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        log.info("created replication slot %s", slot)
+        return True
+
+
+def slot_stats(conn: psycopg2.extensions.connection, slot: str) -> dict[str, Any]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active, "
+            "confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        row = cur.fetchone()
+    if row is None:
+        return {}
+    return {
+        "lag_bytes": int(row[0] or 0),
+        "retained_bytes": int(row[1] or 0),
+        "active": bool(row[2]),
+        "confirmed_flush_lsn": row[3],
+    }

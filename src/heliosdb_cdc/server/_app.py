@@ -1,0 +1,292 @@
+"""HTTP surface of the service on ``webhook.bind_address``: health, SQL, admin REST
+API (with an OpenAPI document), Prometheus metrics and the live status page."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from .._config import StreamConfig, WebhookRegistration
+from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
+from .._metrics import REGISTRY
+from ._openapi import OPENAPI
+
+if TYPE_CHECKING:
+    from .._service import WebhookServer
+
+log = logging.getLogger("heliosdb_cdc.server")
+
+MAX_BODY = 1024 * 1024
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, default=str), status=status, content_type="application/json"
+    )
+
+
+def _error(message: str, status: int, **extra: Any) -> web.Response:
+    return _json({"error": message, **extra}, status=status)
+
+
+class ServiceStreamManager:
+    """The SQL layer's StreamManager, backed by the running service."""
+
+    def __init__(self, service: WebhookServer) -> None:
+        self.s = service
+
+    async def create_stream(self, cfg: StreamConfig) -> StreamConfig:
+        return await self.s.create_stream(cfg, origin="sql")
+
+    async def stream_names(self) -> list[str]:
+        assert self.s.store is not None
+        return [r["name"] for r in self.s.store.list_streams()]
+
+    async def list_streams(self) -> list[dict[str, Any]]:
+        return self.s.list_stream_rows()
+
+    async def stream_status(self, name: str) -> dict[str, Any]:
+        return self.s.stream_status(name)
+
+    async def pause(self, name: str) -> None:
+        await self.s.set_paused(name, True)
+
+    async def resume(self, name: str) -> None:
+        await self.s.set_paused(name, False)
+
+    async def drop(self, name: str, if_exists: bool = False) -> None:
+        await self.s.drop_stream(name, if_exists=if_exists)
+
+    async def backfill(self, name: str, where: str | None) -> None:
+        raise SqlError("BACKFILL is not available in this version", stream=name)
+
+    async def cancel_backfill(self, name: str) -> None:
+        raise SqlError("CANCEL BACKFILL is not available in this version", stream=name)
+
+
+def build_app(service: WebhookServer) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    manager = ServiceStreamManager(service)
+    routes = web.RouteTableDef()
+
+    @routes.get("/health")
+    async def health(request: web.Request) -> web.Response:
+        cap = service.capture.status if service.capture else None
+        return _json(
+            {
+                "status": "ok",
+                "replication_connected": bool(cap and cap.connected),
+                "streams": len(service.runners),
+                "source_error": service.source_error or (cap.last_error if cap else None),
+            }
+        )
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(REGISTRY))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    @routes.post("/sql")
+    async def sql(request: web.Request) -> web.Response:
+        from ..sql import execute
+
+        text = await request.text()
+        try:
+            results = await execute(text, manager)
+        except SqlError as exc:
+            return _error(exc.message, 400, **exc.context)
+        except CdcError as exc:
+            return _error(str(exc), 400)
+        return _json({"results": [_result_dict(r) for r in results]})
+
+    @routes.get("/openapi.json")
+    async def openapi(request: web.Request) -> web.Response:
+        return _json(OPENAPI)
+
+    @routes.get("/api/streams")
+    async def list_streams(request: web.Request) -> web.Response:
+        return _json({"streams": service.list_stream_rows()})
+
+    @routes.post("/api/streams")
+    async def create_stream(request: web.Request) -> web.Response:
+        try:
+            data = await request.json(loads=orjson.loads)
+            cfg = StreamConfig.model_validate(data)
+        except ValidationError as exc:
+            return _error(_validation_message(exc), 422)
+        except ValueError:
+            return _error("request body must be a JSON object", 400)
+        try:
+            await service.create_stream(cfg, origin="api")
+        except StreamExists as exc:
+            return _error(exc.message, 409)
+        except CdcError as exc:
+            return _error(getattr(exc, "message", str(exc)), 400)
+        return _json(service.stream_status(cfg.name), 201)
+
+    @routes.get("/api/streams/{name}")
+    async def get_stream(request: web.Request) -> web.Response:
+        assert service.store is not None
+        name = request.match_info["name"]
+        try:
+            row = service.store.get_stream(name)
+        except StreamNotFound as exc:
+            return _error(exc.message, 404)
+        cfg = dict(row["config"])
+        if cfg.get("secret"):
+            cfg["secret"] = "********"
+        return _json({"name": name, "state": row["state"], "config": cfg})
+
+    @routes.get("/api/streams/{name}/status")
+    async def stream_status(request: web.Request) -> web.Response:
+        try:
+            return _json(service.stream_status(request.match_info["name"]))
+        except StreamNotFound as exc:
+            return _error(exc.message, 404)
+
+    @routes.delete("/api/streams/{name}")
+    async def delete_stream(request: web.Request) -> web.Response:
+        try:
+            await service.drop_stream(request.match_info["name"])
+        except StreamNotFound as exc:
+            return _error(exc.message, 404)
+        return web.Response(status=204)
+
+    @routes.post("/api/streams/{name}/pause")
+    async def pause(request: web.Request) -> web.Response:
+        try:
+            await service.set_paused(request.match_info["name"], True)
+        except StreamNotFound as exc:
+            return _error(exc.message, 404)
+        return _json({"name": request.match_info["name"], "state": "paused"})
+
+    @routes.post("/api/streams/{name}/resume")
+    async def resume(request: web.Request) -> web.Response:
+        try:
+            await service.set_paused(request.match_info["name"], False)
+        except StreamNotFound as exc:
+            return _error(exc.message, 404)
+        return _json({"name": request.match_info["name"], "state": "running"})
+
+    @routes.get("/api/webhooks")
+    async def list_webhooks(request: web.Request) -> web.Response:
+        return _json({"webhooks": await service.webhooks()})
+
+    @routes.post("/api/webhooks")
+    async def register(request: web.Request) -> web.Response:
+        try:
+            data = await request.json(loads=orjson.loads)
+            reg = WebhookRegistration.model_validate(data)
+        except ValidationError as exc:
+            return _error(_validation_message(exc), 422)
+        except ValueError:
+            return _error("request body must be a JSON object", 400)
+        try:
+            name = await service.register(reg)
+        except StreamExists as exc:
+            return _error(exc.message, 409)
+        except CdcError as exc:
+            return _error(getattr(exc, "message", str(exc)), 400)
+        return _json({"name": name, "url": reg.url}, 201)
+
+    @routes.delete("/api/webhooks/{name}")
+    async def unregister(request: web.Request) -> web.Response:
+        try:
+            await service.unregister(request.match_info["name"])
+        except StreamNotFound as exc:
+            return _error(exc.message, 404)
+        return web.Response(status=204)
+
+    @routes.get("/api/dead-letters")
+    async def dead_letters(request: web.Request) -> web.Response:
+        assert service.store is not None
+        stream = request.query.get("stream")
+        try:
+            limit = min(10_000, max(1, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return _error("limit must be an integer", 400)
+        return _json({"dead_letters": service.store.list_dead_letters(stream, limit)})
+
+    @routes.post("/api/dead-letters/replay")
+    async def replay(request: web.Request) -> web.Response:
+        body: dict[str, Any] = {}
+        if request.can_read_body:
+            try:
+                body = await request.json(loads=orjson.loads)
+            except ValueError:
+                return _error("request body must be a JSON object", 400)
+            if not isinstance(body, dict):
+                return _error("request body must be a JSON object", 400)
+        ids = body.get("ids")
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
+            return _error("ids must be a list of integers", 400)
+        n = await service.replay_dead_letters(ids, body.get("stream"))
+        return _json({"replayed": n})
+
+    @routes.delete("/api/dead-letters")
+    async def purge(request: web.Request) -> web.Response:
+        assert service.store is not None
+        n = service.store.delete_dead_letters(stream=request.query.get("stream"))
+        return _json({"purged": n})
+
+    @routes.get("/api/status")
+    async def status(request: web.Request) -> web.Response:
+        return _json(overview(service))
+
+    @routes.get("/")
+    async def page(request: web.Request) -> web.Response:
+        html = resources.files("heliosdb_cdc.server").joinpath("static/status.html").read_text()
+        return web.Response(text=html, content_type="text/html")
+
+    app.add_routes(routes)
+    return app
+
+
+def overview(service: WebhookServer) -> dict[str, Any]:
+    streams = []
+    assert service.store is not None
+    for row in service.store.list_streams():
+        try:
+            streams.append(service.stream_status(row["name"]))
+        except StreamNotFound:
+            continue
+    cap = service.capture.describe() if service.capture else {}
+    return {
+        "capture": cap,
+        "slot": service.slot_info,
+        "local_log_bytes": service.log.size_bytes if service.log else 0,
+        "streams": streams,
+    }
+
+
+def _result_dict(r: Any) -> dict[str, Any]:
+    if hasattr(r, "to_json"):
+        out = r.to_json()
+        return orjson.loads(out) if isinstance(out, (bytes, str)) else dict(out)
+    return {"columns": r.columns, "rows": r.rows, "message": r.message}
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(body)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def start_http(service: WebhookServer) -> web.AppRunner:
+    app = build_app(service)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = service.config.webhook.bind_address.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    await site.start()
+    log.info("HTTP API on http://%s (health, /sql, /api, /metrics, status page at /)", service.config.webhook.bind_address)
+    return runner
