@@ -452,6 +452,10 @@ class WebhookServer:
             # validate filters/transforms before anything is stored
             self._compile(cfg, cfg.destination.address)
             self.store.create_stream(cfg.name, stream_to_json(cfg), origin, "running")
+            # the stream starts at the log's end as of now, before its tables join the
+            # publication, so no change committed after CREATE can slip past it
+            assert self.log is not None
+            self.store.checkpoint(cfg.name, self.log.last_seq)
             try:
                 await self._sync_publication()
                 await self._start_runner(self.store.get_stream(cfg.name))

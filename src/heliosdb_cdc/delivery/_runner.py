@@ -45,6 +45,8 @@ from ._locallog import OP_CODES, LocalLog, Record
 
 log = logging.getLogger("heliosdb_cdc.delivery")
 
+_DEAD = object()  # marker: the event went to dead letters while being prepared
+
 EventPredicate = Callable[[dict[str, Any]], bool]
 BodyTransform = Callable[[dict[str, Any]], bytes]
 
@@ -218,11 +220,13 @@ class StreamRunner:
                     self._skip(rec.seq)
                     continue
                 ev = self._outbound(rec)
-                if ev is None:
-                    filtered += 1
+                if ev is None or ev is _DEAD:
+                    if ev is None:
+                        filtered += 1
                     self._skip(rec.seq)
                     continue
                 self._pending.append(rec.seq)
+                assert isinstance(ev, OutboundEvent)
                 lanes[hash((rec.table, rec.key)) % n_lanes].put_nowait(ev)
             if filtered:
                 self.stats.filtered += filtered
@@ -230,7 +234,7 @@ class StreamRunner:
             self._last_read = pos - 1
             self._advance()
 
-    def _outbound(self, rec: Record) -> OutboundEvent | None:
+    def _outbound(self, rec: Record) -> OutboundEvent | object | None:
         event_id = rec.event_id
         if event_id in self._skip_ids:
             return None
@@ -261,13 +265,12 @@ class StreamRunner:
             event=event,
         )
 
-    def _failed_event(self, rec: Record, event: dict[str, Any] | None, error: str) -> None:
-        now = time.time()
-        self._dead_letter(
-            [(OutboundEvent(rec.event_id, rec.seq, rec.table, rec.operation, rec.key, rec.body, ""), error, 0)],
-            now,
-        )
-        return None
+    def _failed_event(self, rec: Record, event: dict[str, Any] | None, error: str) -> object:
+        """An event the stream cannot shape: to dead letters with the reason; the stream goes on."""
+        ob = OutboundEvent(rec.event_id, rec.seq, rec.table, rec.operation, rec.key, rec.body, "")
+        self._note_error(error, ob)
+        self._dead_letter([(ob, error, 0)], time.time())
+        return _DEAD
 
     def _skip(self, seq: int) -> None:
         # filtered/skipped events are finished at once; nothing to track unless
