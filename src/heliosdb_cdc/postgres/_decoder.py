@@ -39,6 +39,7 @@ from ._types import Converter, converter_for
 log = logging.getLogger("heliosdb_cdc.postgres")
 
 _LEN = struct.Struct("!I")
+_WARNED_NO_KEY: set[str] = set()
 
 
 @dataclass(slots=True, frozen=True)
@@ -92,6 +93,9 @@ class ChangeDecoder:
         self._spools: dict[int, IO[bytes]] = {}
         self._aborted_sub: dict[int, set[int]] = {}
         self.schema_listeners: list[Any] = []
+        # table -> column list last seen, to turn a changed Relation into SCHEMA_CHANGE
+        self.known_schemas: dict[str, list[dict[str, Any]]] = {}
+        self.schema_changed = False
 
     # -- public --------------------------------------------------------------
     def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd]:
@@ -119,8 +123,7 @@ class ChangeDecoder:
         if isinstance(msg, Commit):
             return self._end(msg.commit_lsn, msg.end_lsn, msg.commit_ts_us)
         if isinstance(msg, Relation):
-            self._relation(msg)
-            return []
+            return self._relation(msg)
         if isinstance(msg, (Insert, Update, Delete, Truncate)):
             if self._skipping:
                 return []
@@ -156,8 +159,7 @@ class ChangeDecoder:
             return []
         return [TxnEnd(commit_lsn, end_lsn, self._xid, ts_us, n)]
 
-    def _relation(self, rel: Relation) -> None:
-        old = self.relations.get(rel.oid)
+    def _relation(self, rel: Relation) -> list[CdcEvent | TxnEnd]:
         info = RelationInfo(
             relation=rel,
             table=table_name(rel.namespace, rel.name),
@@ -165,15 +167,40 @@ class ChangeDecoder:
             converters=[converter_for(c.type_oid) for c in rel.columns],
             key_idx=[i for i, c in enumerate(rel.columns) if c.is_key],
         )
-        if not info.key_idx and rel.replica_identity != "f":
+        if not info.key_idx and rel.replica_identity != "f" and info.table not in _WARNED_NO_KEY:
+            _WARNED_NO_KEY.add(info.table)
             log.warning(
                 "table %s has no primary key or replica identity: its events carry an "
                 "empty key and UPDATE/DELETE cannot name the row",
                 info.table,
             )
         self.relations[rel.oid] = info
-        for listener in self.schema_listeners:
-            listener(old, info)
+        cols = info.columns
+        previous = self.known_schemas.get(info.table)
+        self.known_schemas[info.table] = cols
+        if previous == cols:
+            return []
+        self.schema_changed = True  # the capture persists known_schemas after the next sync
+        if previous is None or self._ts is None or self._skipping:
+            return []
+        return [self._schema_change(info, previous, cols)]
+
+    def _schema_change(
+        self, info: RelationInfo, old: list[dict[str, Any]], new: list[dict[str, Any]]
+    ) -> CdcEvent:
+        old_by = {c["name"]: c for c in old}
+        new_by = {c["name"]: c for c in new}
+        value = {
+            "columns": new,
+            "added": [c["name"] for c in new if c["name"] not in old_by],
+            "dropped": [c["name"] for c in old if c["name"] not in new_by],
+            "type_changed": [
+                c["name"]
+                for c in new
+                if c["name"] in old_by and old_by[c["name"]]["type_oid"] != c["type_oid"]
+            ],
+        }
+        return self._make(info, OperationType.SCHEMA_CHANGE, {}, value, {"columns": old})
 
     def _row(self, info: RelationInfo, values: list[object]) -> dict[str, Any]:
         row: dict[str, Any] = {}

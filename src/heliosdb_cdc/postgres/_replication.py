@@ -11,11 +11,13 @@ end by itself, which is safe: nothing unconfirmed lies before it.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -87,6 +89,7 @@ class Capture:
         self._thread: threading.Thread | None = None
         self._conn: Any = None
         self._metric_slot = slot
+        self._decoder: ChangeDecoder | None = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -157,8 +160,10 @@ class Capture:
         pos = self.log.durable
         decoder = ChangeDecoder(self.database, self.log.next_seq, pos.commit_lsn)
         decoder.relations = self.relations
+        decoder.known_schemas = self._load_schemas()
         if self.on_relation is not None:
             decoder.schema_listeners.append(self.on_relation)
+        self._decoder = decoder
         options = {"proto_version": "1", "publication_names": self.publication}
         if self.streaming:
             options = {
@@ -251,6 +256,10 @@ class Capture:
         self.log.append(events, commits, order)
         before = self.log.durable.end_lsn
         pos = self.log.sync_to_disk()
+        dec = self._decoder
+        if dec is not None and dec.schema_changed:
+            self._save_schemas(dec.known_schemas)
+            dec.schema_changed = False
         for table, n in per_table.items():
             EVENTS_PROCESSED.labels(table).inc(n)
         self.status.events += len(events)
@@ -259,6 +268,23 @@ class Capture:
             cur.send_feedback(write_lsn=pos.end_lsn, flush_lsn=pos.end_lsn, force=True)
             self.status.confirmed_lsn = pos.end_lsn
             CONFIRMED_LSN.labels(self._metric_slot).set(pos.end_lsn)
+
+    @property
+    def _schemas_path(self) -> Path:
+        return self.log.dir / "schemas.json"
+
+    def _load_schemas(self) -> dict[str, list[dict[str, Any]]]:
+        try:
+            data: dict[str, list[dict[str, Any]]] = orjson.loads(self._schemas_path.read_bytes())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def _save_schemas(self, schemas: dict[str, list[dict[str, Any]]]) -> None:
+        """Written after the log is durable, so a replay never misses a SCHEMA_CHANGE."""
+        tmp = self._schemas_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(schemas))
+        os.replace(tmp, self._schemas_path)
 
     def _backpressure(self, cur: Any) -> None:
         reason = (
