@@ -294,7 +294,17 @@ def _parse_ts_micros(v: str) -> int | str:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+_FALLBACK_UNIONS = {"decimal", "timestamp", "date"}
+
+
 def _convert(conv: str, v: Any) -> Any:
+    out = _convert_value(conv, v)
+    if conv in _FALLBACK_UNIONS and isinstance(out, str):
+        return ("string", out)  # fastavro: take the union's string branch explicitly
+    return out
+
+
+def _convert_value(conv: str, v: Any) -> Any:
     if v is None:
         return None
     if conv == "int":
