@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from heliosdb_cdc._config import Destination
 from heliosdb_cdc._errors import SinkError
@@ -420,3 +420,43 @@ async def test_avro_confluent_wire_format_round_trip(kafka_bootstrap: str) -> No
         assert rec["table"] == src.table
         assert rec["value"]["status"] == src.event["value"]["status"]
         assert SCHEMA_HEADER not in dict(m.headers() or [])
+
+
+class _LostCommitAnswer:
+    """A producer whose first commit succeeds on the broker but reports an error."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.lost = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def commit_transaction(self, *args: Any) -> None:
+        self.inner.commit_transaction(*args)
+        if not self.lost:
+            self.lost = True
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "injected: answer lost"))
+
+
+@pytest.mark.kafka
+async def test_commit_with_unknown_outcome_is_not_resent(kafka_bootstrap: str) -> None:
+    dest = _dest(kafka_bootstrap)
+    sink = KafkaSink(dest, f"lost-{uuid.uuid4().hex[:8]}")
+    await sink.start()
+    sink._producer = proxy = _LostCommitAnswer(sink._producer)
+    batch = make_events(5)
+    first = await sink.send(batch)
+    assert proxy.lost
+    assert [r.outcome for r in first] == [Outcome.RETRY] * 5
+    assert "outcome unknown" in (first[0].error or "")
+    # the dispatcher retries the same events: they were committed, so not resent
+    second = await sink.send(batch)
+    assert all(r.ok for r in second)
+    more = make_events(3, start=6)
+    assert all(r.ok for r in await sink.send(more))
+    assert await sink.committed_sequence() == 8
+    await sink.close()
+    assert dest.topic
+    msgs = consume(kafka_bootstrap, dest.topic, 8)
+    assert sorted(orjson.loads(m.value())["sequence"] for m in msgs) == list(range(1, 9))

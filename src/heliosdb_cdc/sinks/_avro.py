@@ -565,6 +565,10 @@ def decode_confluent(data: bytes, schemas: Mapping[int, Mapping[str, Any] | str]
 # --------------------------------------------------------------------------- Confluent registry
 
 
+class SchemaRegistryUnavailable(SinkError):
+    """The schema registry could not be reached or answered 5xx: retry later."""
+
+
 class ConfluentSchemaRegistry:
     """Minimal Confluent Schema Registry client: register a schema, get its id (cached).
 
@@ -604,6 +608,12 @@ class ConfluentSchemaRegistry:
                 ) as resp,
             ):
                 text = await resp.text()
+                if resp.status >= 500 or resp.status == 429:
+                    raise SchemaRegistryUnavailable(
+                        f"schema registry unavailable: HTTP {resp.status} {text[:300]}",
+                        subject=subject,
+                        registry=self.url,
+                    )
                 if resp.status >= 300:
                     raise SinkError(
                         f"schema registry refused schema: HTTP {resp.status} {text[:300]}",
@@ -612,7 +622,7 @@ class ConfluentSchemaRegistry:
                     )
                 sid = int(orjson.loads(text)["id"])
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SinkError(
+            raise SchemaRegistryUnavailable(
                 f"schema registry unreachable: {exc!r}", subject=subject, registry=self.url
             ) from exc
         self._ids[(subject, schema.fingerprint)] = sid

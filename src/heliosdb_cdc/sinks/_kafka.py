@@ -42,7 +42,13 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from .._config import Destination, StreamConfig
 from .._errors import SinkError
-from ._avro import AvroEncoder, AvroSchema, AvroSchemaRegistry, ConfluentSchemaRegistry
+from ._avro import (
+    AvroEncoder,
+    AvroSchema,
+    AvroSchemaRegistry,
+    ConfluentSchemaRegistry,
+    SchemaRegistryUnavailable,
+)
 from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
 
 log = logging.getLogger("heliosdb_cdc.sinks.kafka")
@@ -91,6 +97,7 @@ class _Record:
     value: bytes
     headers: list[tuple[str, bytes]]
     timestamp_ms: int | None
+    sequence: int
 
 
 class KafkaSink:
@@ -145,6 +152,7 @@ class KafkaSink:
         self._lock = asyncio.Lock()
         self._last_error: str | None = None
         self._last_committed: int | None = None
+        self._uncertain = False  # a commit whose outcome is unknown: check before resending
         self._closed = False
 
     @classmethod
@@ -332,15 +340,15 @@ class KafkaSink:
             if self.avro is not None:
                 try:
                     value, extra = await self.avro.encode(ev)
+                except SchemaRegistryUnavailable as exc:
+                    return [SinkResult(Outcome.RETRY, error=str(exc))] * len(batch)
                 except SinkError as exc:
-                    if "unreachable" in exc.message:
-                        return [SinkResult(Outcome.RETRY, error=str(exc))] * len(batch)
                     results[i] = SinkResult(Outcome.FAILED, error=str(exc))
                     continue
                 headers.extend((k, v.encode()) for k, v in extra.items())
             headers.extend((k, v.encode()) for k, v in ev.headers.items())
             ts = ev.commit_ts_us // 1000 if ev.commit_ts_us else None
-            records.append(_Record(i, ev.key, value, headers, ts))
+            records.append(_Record(i, ev.key, value, headers, ts, ev.sequence))
         last_seq = max(ev.sequence for ev in batch)
         async with self._lock:
             if self._closed:
@@ -355,6 +363,18 @@ class KafkaSink:
             self._ensure_ready_sync()
         except (_Transient, SinkError) as exc:
             return [r or SinkResult(Outcome.RETRY, error=str(exc)) for r in results]
+        if self.transactional and self._uncertain:
+            # the last commit timed out: init_transactions (above) has let the
+            # coordinator finish or abort it; what it committed is not resent
+            try:
+                committed = self._read_committed_sync()
+            except SinkError as exc:
+                return [r or SinkResult(Outcome.RETRY, error=str(exc)) for r in results]
+            self._uncertain = False
+            if committed is not None:
+                for r in records:
+                    if r.sequence <= committed and results[r.index] is None:
+                        results[r.index] = DELIVERED
         if self.transactional:
             return self._send_txn(records, results, last_seq)
         return self._send_plain(records, results)
@@ -429,7 +449,6 @@ class KafkaSink:
                 remaining = p.flush(self.timeout_s)
                 if errors or remaining:
                     raise _Abort()
-                p.commit_transaction(self.timeout_s)
             except (_Abort, KafkaException) as exc:
                 reason = self._abort(exc)
                 permanent = {i: e for i, e in errors.items() if _is_permanent(e)}
@@ -450,6 +469,12 @@ class KafkaSink:
                     for r in results
                 ]
             else:
+                failure = self._commit()
+                if failure is not None:
+                    return [
+                        r or SinkResult(Outcome.RETRY, error=self._unreachable("commit", failure))
+                        for r in results
+                    ]
                 self._last_committed = last_seq
                 for r in queued:
                     results[r.index] = DELIVERED
@@ -457,6 +482,24 @@ class KafkaSink:
         return [
             r or SinkResult(Outcome.RETRY, error="Kafka transaction kept failing") for r in results
         ]
+
+    def _commit(self) -> str | None:
+        """Commit the open transaction; None when committed, else why not."""
+        p = self._producer
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                p.commit_transaction(max(1.0, deadline - time.monotonic()))
+                return None
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and time.monotonic() < deadline:
+                    continue  # librdkafka allows retrying a commit that timed out
+                if err.txn_requires_abort():
+                    return self._abort(exc)
+                # fatal, or still unanswered: the commit may or may not have happened
+                self._producer, self._ready, self._uncertain = None, False, True
+                return f"{err.str()} (commit outcome unknown; checked before resending)"
 
     def _abort(self, exc: BaseException) -> str:
         """Abort the open transaction; returns a description of why."""
