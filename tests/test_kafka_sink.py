@@ -151,7 +151,7 @@ async def test_key_value_headers_and_partition_per_key(kafka_bootstrap: str) -> 
     for i in range(0, len(batch), 500):
         results += await sink.send(batch[i : i + 500])
     await sink.close()
-    assert all(r.outcome is Outcome.DELIVERED for r in results)
+    assert all(r.outcome is Outcome.DELIVERED for r in results), results
     assert dest.topic
     msgs = consume(kafka_bootstrap, dest.topic, len(batch))
     assert len(msgs) == len(batch)
@@ -344,11 +344,12 @@ async def test_avro_self_describing_round_trip(kafka_bootstrap: str) -> None:
     )
     await sink.start()
     batch = make_events(5)
-    assert all(r.ok for r in await sink.send(batch))
+    res = await sink.send(batch)
+    assert all(r.ok for r in res), res
     await sink.close()
     assert dest.topic
     msgs = consume(kafka_bootstrap, dest.topic, 5)
-    assert len(msgs) == 5
+    assert len(msgs) == 5, msgs
     for m in msgs:
         assert m.value()[:2] == b"\xc3\x01"
         h = dict(m.headers())
@@ -400,7 +401,8 @@ async def test_avro_confluent_wire_format_round_trip(kafka_bootstrap: str) -> No
         assert isinstance(sink.avro, AvroEncoder)
         await sink.start()
         batch = make_events(4) + make_events(2, start=5, table="customers")
-        assert all(r.ok for r in await sink.send(batch))
+        res = await sink.send(batch)
+        assert all(r.ok for r in res), res
         await sink.close()
     finally:
         await runner.cleanup()
@@ -452,9 +454,10 @@ async def test_commit_with_unknown_outcome_is_not_resent(kafka_bootstrap: str) -
     assert "outcome unknown" in (first[0].error or "")
     # the dispatcher retries the same events: they were committed, so not resent
     second = await sink.send(batch)
-    assert all(r.ok for r in second)
+    assert all(r.ok for r in second), second
     more = make_events(3, start=6)
-    assert all(r.ok for r in await sink.send(more))
+    res = await sink.send(more)
+    assert all(r.ok for r in res), res
     assert await sink.committed_sequence() == 8
     await sink.close()
     assert dest.topic
