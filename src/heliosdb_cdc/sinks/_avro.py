@@ -47,7 +47,7 @@ import base64
 import math
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -650,7 +650,7 @@ class AvroEncoder:
         self,
         registry: AvroSchemaRegistry | None = None,
         confluent: ConfluentSchemaRegistry | None = None,
-        subject: Any = None,
+        subject: Callable[[AvroSchema], str] | None = None,
     ) -> None:
         self.registry = registry or AvroSchemaRegistry()
         self.confluent = confluent
@@ -667,7 +667,11 @@ class AvroEncoder:
         """``(payload, extra headers)`` for one OutboundEvent."""
         schema, event = self.schema_for(ev)
         if self.confluent is not None:
-            subject = self._subject(schema) if self._subject else schema.schema["name"]
+            subject = (
+                self._subject(schema)
+                if self._subject
+                else f"{schema.schema['namespace']}.{schema.schema['name']}"
+            )
             sid = await self.confluent.register(subject, schema)
             return schema.encode_confluent(sid, event), {}
         return schema.encode_single_object(event), {
