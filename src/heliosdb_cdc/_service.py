@@ -122,6 +122,7 @@ class WebhookServer:
         self._semaphore = asyncio.Semaphore(config.webhook.max_concurrent_requests)
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
+        self.snapshots: dict[str, Any] = {}
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------
@@ -172,6 +173,10 @@ class WebhookServer:
         self.capture.start()
         for row in self.store.list_streams():
             await self._start_runner(row)
+            snap = self.store.get_snapshot(row["name"])
+            if snap and snap["state"] == "running":
+                log.info("resuming the %s of stream %s", snap["kind"], row["name"])
+                await self.start_snapshot(row["name"], snap["kind"], snap["where"])
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if serve_http:
             from .server import start_http
@@ -182,6 +187,9 @@ class WebhookServer:
 
     async def stop(self) -> None:
         """Drain in-flight deliveries, checkpoint, stop capture."""
+        for snap in self.snapshots.values():
+            await snap.stop()
+        self.snapshots.clear()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -463,6 +471,8 @@ class WebhookServer:
                 self.store.drop_stream(cfg.name)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
+        if cfg.snapshot == "initial":
+            await self.start_snapshot(cfg.name, "snapshot", None)
         return cfg
 
     async def drop_stream(self, name: str, if_exists: bool = False) -> None:
@@ -474,6 +484,9 @@ class WebhookServer:
                 if if_exists:
                     return
                 raise
+            snap = self.snapshots.pop(name, None)
+            if snap is not None:
+                await snap.stop()
             runner = self.runners.pop(name, None)
             if runner is not None:
                 await runner.stop(drain_timeout=2.0)
@@ -559,7 +572,70 @@ class WebhookServer:
             "last_error": (st.last_error if st else None) or row["last_error"],
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
+            "snapshot": _snapshot_summary(self.snapshot_status(name)),
         }
+
+    # -- snapshots and backfills ------------------------------------------------------------
+    async def start_snapshot(self, name: str, kind: str = "backfill", where: str | None = None) -> None:
+        """Send the current rows of the stream's tables (all, or those matching ``where``)."""
+        from .delivery._snapshot import Snapshotter
+
+        assert self.store is not None
+        row = self.store.get_stream(name)
+        runner = self.runners.get(name)
+        if runner is None:
+            raise SqlError(f"stream {name!r} is not running", stream=name)
+        current = self.snapshots.get(name)
+        if current is not None and current.state.get("state") == "running" and current._task and not current._task.done():
+            raise SqlError(
+                f"stream {name!r} already has a {current.kind} in progress; "
+                f"ALTER CDC STREAM {name} CANCEL BACKFILL first",
+                stream=name,
+            )
+        cfg = StreamConfig.model_validate(row["config"])
+        predicate = None
+        if where:
+            from .pipeline import compile_predicate
+
+            try:
+                predicate = compile_predicate(where)
+            except CdcError as exc:
+                raise SqlError(f"invalid backfill predicate: {exc}", stream=name) from None
+        tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
+        if not tables:
+            raise SqlError(f"stream {name!r} has no tables to read", stream=name)
+        runner.database = self.config.database
+        snap = Snapshotter(
+            stream=name,
+            kind=kind,
+            dsn=self.dsn,
+            database=self.config.database,
+            tables=tables,
+            store=self.store,
+            register=runner.register_chunk,
+            predicate=predicate.__call__ if predicate is not None else None,
+            where=where,
+            chunk_size=self.config.cdc.snapshot_chunk_size,
+        )
+        self.snapshots[name] = snap
+        snap.start()
+        log.info("%s of stream %s started (%s)", kind, name, ", ".join(tables))
+
+    async def cancel_snapshot(self, name: str) -> None:
+        assert self.store is not None
+        self.store.get_stream(name)
+        snap = self.snapshots.pop(name, None)
+        if snap is None:
+            raise SqlError(f"stream {name!r} has no backfill in progress", stream=name)
+        await snap.cancel()
+        log.info("%s of stream %s cancelled", snap.kind, name)
+
+    def snapshot_status(self, name: str) -> dict[str, Any] | None:
+        snap = self.snapshots.get(name)
+        if snap is not None:
+            return snap.status
+        assert self.store is not None
+        return self.store.get_snapshot(name)
 
     # -- the guide's Python API -----------------------------------------------------------
     async def register(self, registration: WebhookRegistration) -> str:
@@ -644,6 +720,19 @@ class WebhookServer:
         if done:
             self.store.delete_dead_letters(done)
         return len(done)
+
+
+def _snapshot_summary(snap: dict[str, Any] | None) -> str | None:
+    if not snap:
+        return None
+    text = f"{snap['kind']} {snap['state']}: {snap.get('rows_sent', 0)} rows"
+    if snap.get("current_table") and snap["state"] == "running":
+        text += f", reading {snap['current_table']}"
+    if snap.get("where"):
+        text += f" where {snap['where']}"
+    if snap.get("error"):
+        text += f" ({snap['error']})"
+    return text
 
 
 def _iso(ts: float | None) -> str | None:

@@ -43,7 +43,16 @@ _U64 = struct.Struct("<Q")
 
 KIND_COMMIT = 0xFF
 KIND_SEGMENT = 0xFE
-OP_CODES = {"INSERT": 1, "UPDATE": 2, "DELETE": 3, "TRUNCATE": 4, "SCHEMA_CHANGE": 5, "READ": 6}
+OP_CODES = {
+    "INSERT": 1,
+    "UPDATE": 2,
+    "DELETE": 3,
+    "TRUNCATE": 4,
+    "SCHEMA_CHANGE": 5,
+    "READ": 6,
+    "WATERMARK": 7,  # snapshot watermark, not an event: streams consume it themselves
+}
+OP_WATERMARK = 7
 OP_NAMES = {v: k for k, v in OP_CODES.items()}
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from .._config import ExactlyOnceConfig, RetryConfig
 from .._errors import SinkError
 from .._metrics import (
@@ -41,7 +43,8 @@ from .._metrics import (
 from ..sinks._base import OutboundEvent, Outcome, Sink, SinkResult
 from ..store import Store
 from ._circuit import CircuitBreaker
-from ._locallog import OP_CODES, LocalLog, Record
+from ._locallog import OP_CODES, OP_WATERMARK, LocalLog, Record
+from ._snapshot import Chunk
 
 log = logging.getLogger("heliosdb_cdc.delivery")
 
@@ -139,6 +142,12 @@ class StreamRunner:
         self._space = asyncio.Event()
         self._space.set()
         self._since_checkpoint = 0
+        # snapshot watermarks: keys changed inside open windows, chunks waiting for
+        # their high watermark, and high-watermark sequences with events in flight
+        self._windows: dict[str, set[tuple[str, bytes]]] = {}
+        self._chunks: dict[str, Chunk] = {}
+        self._groups: dict[int, list[Any]] = {}
+        self.database = ""
         self._m_filtered = EVENTS_FILTERED.labels(name)
         self._m_duration = DELIVERY_DURATION.labels(name, endpoint)
         self._m_success = DELIVERY_TOTAL.labels(name, endpoint, "success")
@@ -214,7 +223,13 @@ class StreamRunner:
             filtered = 0
             for rec in recs:
                 pos = rec.seq + 1
+                if rec.op == OP_WATERMARK:
+                    self._watermark(rec)
+                    continue
                 self.stats.processed += 1
+                if self._windows and route(rec.table, rec.op):
+                    for window in self._windows.values():
+                        window.add((rec.table, rec.key))
                 if not route(rec.table, rec.op):
                     filtered += 1
                     self._skip(rec.seq)
@@ -233,6 +248,88 @@ class StreamRunner:
                 self._m_filtered.inc(filtered)
             self._last_read = pos - 1
             self._advance()
+
+    # -- snapshots -------------------------------------------------------------------
+    def register_chunk(self, chunk: Chunk) -> None:
+        self._chunks[chunk.watermark] = chunk
+
+    def _watermark(self, rec: Record) -> None:
+        try:
+            info = orjson.loads(rec.body)
+        except orjson.JSONDecodeError:
+            info = {}
+        wm = info.get("id")
+        if info.get("stream") != self.name or not wm:
+            self._skip(rec.seq)
+            return
+        if info.get("kind") == "low":
+            self._windows = {wm: set()}  # one snapshot per stream: older windows are stale
+            self._skip(rec.seq)
+            return
+        window = self._windows.pop(wm, set())
+        chunk = self._chunks.pop(wm, None)
+        if chunk is None:  # from before a restart: its snapshot resumes with a new chunk
+            self._skip(rec.seq)
+            return
+        events: list[OutboundEvent] = []
+        for i, (key, row) in enumerate(chunk.rows):
+            if (chunk.table, key) in window:
+                continue  # changed while the chunk was read: the live event wins
+            ev = self._read_event(rec, chunk.table, key, row, i)
+            if ev is not None:
+                events.append(ev)
+        if not events:
+            self._skip(rec.seq)
+            if not chunk.done.done():
+                chunk.done.set_result(0)
+            return
+        self._groups[rec.seq] = [len(events), chunk, len(events)]
+        self._pending.append(rec.seq)
+        n_lanes = len(self._lanes)
+        for ev in events:
+            self._lanes[hash((ev.table, ev.key)) % n_lanes].put_nowait(ev)
+
+    def _read_event(
+        self, rec: Record, table: str, key: bytes, row: dict[str, Any], i: int
+    ) -> OutboundEvent | None:
+        from datetime import UTC, datetime
+
+        from .._event import _json_default, format_timestamp
+
+        event: dict[str, Any] = {
+            "event_id": f"evt_{rec.lsn:016x}_r{i:06d}",
+            "timestamp": format_timestamp(datetime.fromtimestamp(rec.ts_us / 1e6, tz=UTC)),
+            "sequence": rec.seq,
+            "operation": "READ",
+            "database": self.database,
+            "table": table,
+            "key": row["key"],
+            "value": row["value"],
+            "old_value": None,
+            "transaction_id": f"snapshot_{rec.lsn:x}",
+        }
+        body = orjson.dumps(event, default=_json_default)
+        if self.needs_event:
+            event = decode_event(body)
+            if self.predicate is not None and not self.predicate(event):
+                return None
+            if self.transform is not None:
+                try:
+                    body = self.transform(event)
+                except Exception as exc:
+                    self._note_error(f"transformation failed: {exc}", OutboundEvent(event["event_id"], rec.seq, table, "READ", key, body, ""))
+                    return None
+        return OutboundEvent(
+            event_id=event["event_id"],
+            sequence=rec.seq,
+            table=table,
+            operation="READ",
+            key=key,
+            body=body,
+            timestamp="",
+            commit_ts_us=0,
+            event=event if self.needs_event else None,
+        )
 
     def _outbound(self, rec: Record) -> OutboundEvent | object | None:
         event_id = rec.event_id
@@ -300,8 +397,18 @@ class StreamRunner:
             while len(batch) < max_batch and not q.empty():
                 batch.append(q.get_nowait())
             await self._deliver(batch)
+            groups = self._groups
             for e in batch:
-                self._done.add(e.sequence)
+                seq = e.sequence
+                group = groups.get(seq)
+                if group is not None:
+                    group[0] -= 1
+                    if group[0] > 0:
+                        continue
+                    del groups[seq]
+                    if not group[1].done.done():
+                        group[1].done.set_result(group[2])
+                self._done.add(seq)
             self._advance()
 
     async def _deliver(self, batch: list[OutboundEvent]) -> None:

@@ -24,6 +24,7 @@ from ._protocol import (
     Commit,
     Delete,
     Insert,
+    LogicalMessage,
     Message,
     Relation,
     StreamAbort,
@@ -51,6 +52,20 @@ class TxnEnd:
     xid: int
     commit_ts_us: int
     events: int
+
+
+WATERMARK_PREFIX = "heliosdb-cdc.watermark"
+
+
+@dataclass(slots=True, frozen=True)
+class Watermark:
+    """A snapshot watermark written with ``pg_logical_emit_message`` (see delivery._snapshot)."""
+
+    sequence: int
+    commit_lsn: int
+    index: int
+    content: bytes
+    commit_ts_us: int = 0
 
 
 @dataclass(slots=True)
@@ -98,7 +113,7 @@ class ChangeDecoder:
         self.schema_changed = False
 
     # -- public --------------------------------------------------------------
-    def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd]:
+    def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd | Watermark]:
         msg = parse_message(payload, self._in_stream)
         if self._in_stream and not isinstance(msg, (StreamStop, Relation)):
             if isinstance(msg, (Insert, Update, Delete, Truncate)):
@@ -116,7 +131,7 @@ class ChangeDecoder:
         self._spools.clear()
 
     # -- message handling ----------------------------------------------------
-    def _handle(self, msg: Message) -> list[CdcEvent | TxnEnd]:
+    def _handle(self, msg: Message) -> list[CdcEvent | TxnEnd | Watermark]:
         if isinstance(msg, Begin):
             self._begin(msg.xid, msg.final_lsn, msg.commit_ts_us)
             return []
@@ -140,7 +155,18 @@ class ChangeDecoder:
         if isinstance(msg, StreamAbort):
             self._stream_abort(msg)
             return []
-        return []  # Origin, Type, LogicalMessage: nothing to emit
+        if (
+            isinstance(msg, LogicalMessage)
+            and msg.prefix == WATERMARK_PREFIX
+            and self._ts is not None
+            and not self._skipping
+        ):
+            seq = self.next_sequence
+            self.next_sequence = seq + 1
+            self._index += 1
+            ts_us = int(self._ts.timestamp() * 1_000_000)
+            return [Watermark(seq, self._commit_lsn, self._index, msg.content, ts_us)]
+        return []  # Origin, Type, other logical messages: nothing to emit
 
     def _begin(self, xid: int, final_lsn: int, ts_us: int) -> None:
         self._xid = xid
@@ -150,7 +176,7 @@ class ChangeDecoder:
         self._index = 0
         self._skipping = final_lsn <= self.skip_through_lsn
 
-    def _end(self, commit_lsn: int, end_lsn: int, ts_us: int) -> list[CdcEvent | TxnEnd]:
+    def _end(self, commit_lsn: int, end_lsn: int, ts_us: int) -> list[CdcEvent | TxnEnd | Watermark]:
         skipped = self._skipping
         n = self._index
         self._ts = None
@@ -159,7 +185,7 @@ class ChangeDecoder:
             return []
         return [TxnEnd(commit_lsn, end_lsn, self._xid, ts_us, n)]
 
-    def _relation(self, rel: Relation) -> list[CdcEvent | TxnEnd]:
+    def _relation(self, rel: Relation) -> list[CdcEvent | TxnEnd | Watermark]:
         info = RelationInfo(
             relation=rel,
             table=table_name(rel.namespace, rel.name),
@@ -260,7 +286,7 @@ class ChangeDecoder:
 
             raise DecodeError("change for a relation that was never described", oid=oid) from None
 
-    def _change(self, msg: Insert | Update | Delete | Truncate) -> list[CdcEvent | TxnEnd]:
+    def _change(self, msg: Insert | Update | Delete | Truncate) -> list[CdcEvent | TxnEnd | Watermark]:
         if isinstance(msg, Insert):
             info = self._info(msg.relation_oid)
             value = self._row(info, msg.new)
@@ -282,7 +308,7 @@ class ChangeDecoder:
             key = self._key(info, msg.old)
             old = self._row(info, msg.old) if msg.old_kind == "O" else dict(key)
             return [self._make(info, OperationType.DELETE, key, None, old)]
-        out: list[CdcEvent | TxnEnd] = []
+        out: list[CdcEvent | TxnEnd | Watermark] = []
         for oid in msg.relation_oids:
             info = self._info(oid)
             out.append(self._make(info, OperationType.TRUNCATE, {}, None, None))
@@ -306,9 +332,9 @@ class ChangeDecoder:
         else:
             self._aborted_sub.setdefault(msg.xid, set()).add(msg.subxid)
 
-    def _stream_commit(self, msg: StreamCommit) -> list[CdcEvent | TxnEnd]:
+    def _stream_commit(self, msg: StreamCommit) -> list[CdcEvent | TxnEnd | Watermark]:
         self._begin(msg.xid, msg.commit_lsn, msg.commit_ts_us)
-        out: list[CdcEvent | TxnEnd] = []
+        out: list[CdcEvent | TxnEnd | Watermark] = []
         f = self._spools.pop(msg.xid, None)
         aborted = self._aborted_sub.pop(msg.xid, set())
         if f is not None and not self._skipping:

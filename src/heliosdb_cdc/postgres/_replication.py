@@ -29,7 +29,7 @@ from .._errors import SourceError, StateError
 from .._event import _json_default
 from .._metrics import CONFIRMED_LSN, EVENTS_PROCESSED, LOCAL_LOG_BYTES, REPLICATION_UP
 from ..delivery._locallog import LocalLog
-from ._decoder import ChangeDecoder, RelationInfo, TxnEnd
+from ._decoder import ChangeDecoder, RelationInfo, TxnEnd, Watermark
 from ._protocol import format_lsn
 
 log = logging.getLogger("heliosdb_cdc.capture")
@@ -166,11 +166,9 @@ class Capture:
         self._decoder = decoder
         options = {"proto_version": "1", "publication_names": self.publication}
         if self.streaming:
-            options = {
-                "proto_version": "2",
-                "publication_names": self.publication,
-                "streaming": "on",
-            }
+            options.update(proto_version="2", streaming="on")
+        if conn.server_version >= 140000:
+            options["messages"] = "true"  # snapshot watermarks (pg_logical_emit_message)
         cur.start_replication(
             slot_name=self.slot,
             decode=False,
@@ -210,6 +208,20 @@ class Capture:
                         order.append(1)
                         self.status.transactions += 1
                         self.status.last_commit_ts_us = item.commit_ts_us
+                    elif isinstance(item, Watermark):
+                        events.append(
+                            (
+                                item.sequence,
+                                item.commit_lsn,
+                                item.commit_ts_us,
+                                "WATERMARK",
+                                "",
+                                b"",
+                                item.content,
+                                item.index,
+                            )
+                        )
+                        order.append(0)
                     else:
                         ev = item
                         body = dumps(ev.to_dict(), default=default)

@@ -64,10 +64,10 @@ class ServiceStreamManager:
         await self.s.drop_stream(name, if_exists=if_exists)
 
     async def backfill(self, name: str, where: str | None) -> None:
-        raise SqlError("BACKFILL is not available in this version", stream=name)
+        await self.s.start_snapshot(name, "backfill", where)
 
     async def cancel_backfill(self, name: str) -> None:
-        raise SqlError("CANCEL BACKFILL is not available in this version", stream=name)
+        await self.s.cancel_snapshot(name)
 
 
 def build_app(service: WebhookServer) -> web.Application:

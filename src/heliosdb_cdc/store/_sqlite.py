@@ -15,7 +15,7 @@ import orjson
 
 from .._errors import StateError, StreamExists, StreamNotFound
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -57,6 +57,20 @@ _MIGRATIONS: dict[int, list[str]] = {
             last_attempt_at REAL NOT NULL
         )""",
         "CREATE INDEX dead_letters_stream ON dead_letters (stream)",
+    ],
+    2: [
+        """CREATE TABLE snapshots (
+            stream TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            tables TEXT NOT NULL,
+            where_clause TEXT,
+            state TEXT NOT NULL,
+            progress TEXT NOT NULL DEFAULT '{}',
+            rows_sent INTEGER NOT NULL DEFAULT 0,
+            started_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            error TEXT
+        )""",
     ],
 }
 
@@ -178,6 +192,7 @@ class Store:
                     self._db.execute("ROLLBACK")
                     raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
                 self._db.execute("DELETE FROM cursors WHERE stream=?", (name,))
+                self._db.execute("DELETE FROM snapshots WHERE stream=?", (name,))
                 self._db.execute("COMMIT")
             except StreamNotFound:
                 raise
@@ -336,6 +351,51 @@ class Store:
                 ).fetchone()[0]
             )
         return int(self._exec("SELECT count(*) FROM dead_letters").fetchone()[0])
+
+    # -- snapshots and backfills -------------------------------------------------------
+    def save_snapshot(self, stream: str, snap: dict[str, Any]) -> None:
+        self._exec(
+            "INSERT INTO snapshots (stream, kind, tables, where_clause, state, progress, rows_sent, "
+            "started_at, updated_at, error) VALUES (?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(stream) DO UPDATE SET kind=excluded.kind, tables=excluded.tables, "
+            "where_clause=excluded.where_clause, state=excluded.state, progress=excluded.progress, "
+            "rows_sent=excluded.rows_sent, updated_at=excluded.updated_at, error=excluded.error",
+            (
+                stream,
+                snap["kind"],
+                orjson.dumps(snap["tables"]).decode(),
+                snap.get("where"),
+                snap["state"],
+                orjson.dumps(snap.get("progress", {})).decode(),
+                snap.get("rows_sent", 0),
+                snap.get("started_at", time.time()),
+                time.time(),
+                snap.get("error"),
+            ),
+        )
+
+    def get_snapshot(self, stream: str) -> dict[str, Any] | None:
+        row = self._exec(
+            "SELECT kind, tables, where_clause, state, progress, rows_sent, started_at, updated_at, "
+            "error FROM snapshots WHERE stream=?",
+            (stream,),
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "kind": row[0],
+            "tables": orjson.loads(row[1]),
+            "where": row[2],
+            "state": row[3],
+            "progress": orjson.loads(row[4]),
+            "rows_sent": row[5],
+            "started_at": row[6],
+            "updated_at": row[7],
+            "error": row[8],
+        }
+
+    def delete_snapshot(self, stream: str) -> None:
+        self._exec("DELETE FROM snapshots WHERE stream=?", (stream,))
 
     def close(self) -> None:
         with self._lock:
