@@ -58,7 +58,7 @@ class StreamManager(Protocol):
 
 def _not_found(name: str) -> StreamNotFound:
     return StreamNotFound(
-        f"stream {name!r} does not exist (SHOW CDC STREAMS lists the streams)", stream=name
+        f"stream {name!r} does not exist; SHOW CDC STREAMS lists the streams", stream=name
     )
 
 
@@ -144,12 +144,19 @@ async def execute_statement(stmt: Statement, manager: StreamManager) -> SqlResul
     raise SqlError(f"unsupported statement {type(stmt).__name__}")  # pragma: no cover
 
 
-def _ran(index: int) -> str:
-    if index == 1:
-        return "nothing was run"
-    if index == 2:
-        return "statement 1 was run"
-    return f"statements 1-{index - 1} were run"
+def _progress(index: int, total: int) -> str:
+    """'(statement 1 ran, statements 3-4 were not run)' for a failure of statement ``index``."""
+    ran = (
+        "nothing ran"
+        if index == 1
+        else "statement 1 ran"
+        if index == 2
+        else f"statements 1-{index - 1} ran"
+    )
+    if index == total:
+        return f"({ran})"
+    rest = f"statement {total}" if index + 1 == total else f"statements {index + 1}-{total}"
+    return f"({ran}, {rest} {'was' if index + 1 == total else 'were'} not run)"
 
 
 async def execute(text: str, manager: StreamManager) -> list[SqlResult]:
@@ -172,8 +179,7 @@ async def execute(text: str, manager: StreamManager) -> list[SqlResult]:
             message = exc.message
             if len(spans) > 1:
                 message = (
-                    f"statement {i} of {len(spans)} failed: {message} ({_ran(i)}"
-                    f"{'' if i == len(spans) else '; the rest were not'})"
+                    f"statement {i} of {len(spans)} failed: {message} {_progress(i, len(spans))}"
                 )
             cls = type(exc) if isinstance(exc, SqlError) else SqlError
             raise cls(message, **{**exc.context, "statement": i}) from exc

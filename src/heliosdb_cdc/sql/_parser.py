@@ -487,7 +487,9 @@ class _Builder:
                     op = OperationType.parse(str(tok)).value
                 except ValueError:
                     self.at(
-                        tok, f"unknown operation {str(tok)!r}: expected {_join(list(OPERATIONS))}"
+                        tok,
+                        f"unknown operation {str(tok)!r}",
+                        f": expected {_join(list(OPERATIONS))}",
                     )
                 if op in operations:
                     self.at(tok, f"operation {op} is listed twice")
