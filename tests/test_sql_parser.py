@@ -392,6 +392,25 @@ KAFKA = "CREATE CHANGE DATA CAPTURE ON orders TO KAFKA 'localhost:9092'"
             1,
         ),
         (
+            "SHOW CDC STREAMZ",
+            "expected STREAMS or STREAM after CDC at line 1, column 10, found 'STREAMZ'",
+            1,
+            10,
+        ),
+        (
+            "ALTER CDC STREAM x PAUSED",
+            "expected PAUSE, RESUME, BACKFILL or CANCEL after x at line 1, column 20, "
+            "found 'PAUSED'",
+            1,
+            20,
+        ),
+        (
+            "DROP CHANGE DATA CAPTURE if",
+            "expected EXISTS after IF at line 1, column 28, found end of input",
+            1,
+            28,
+        ),
+        (
             "SHOW CDC STREAMS extra",
             "expected ';' or end of input after STREAMS at line 1, column 18, found 'extra'",
             1,
@@ -405,7 +424,7 @@ KAFKA = "CREATE CHANGE DATA CAPTURE ON orders TO KAFKA 'localhost:9092'"
         ),
         (
             "SHOW CDC STREAMS @",
-            "unexpected character '@': expected ';' after STREAMS at line 1, column 18",
+            "expected ';' after STREAMS at line 1, column 18, found '@'",
             1,
             18,
         ),

@@ -199,6 +199,7 @@ def _short(s: str) -> str:
 
 
 def _describe_expected(expected: set[str], toks: list[_Tok]) -> str:
+    expected = {e.lstrip("_") or e for e in expected}
     last = toks[-1] if toks else None
     prev = last.text.upper() if last else ""
     names = {"IDENT", "QUOTED_IDENT"}
@@ -262,32 +263,29 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> NoReturn:
             _fail(text, pos, "unterminated string (close it with ')")
         if ch == '"':
             _fail(text, pos, 'unterminated or empty quoted name (close it with ")')
-        expected = _describe_expected(set(exc.allowed or ()), ctx)
-        after = _describe_prev(ctx)
-        _fail(
-            text,
-            pos,
-            f"unexpected character {ch!r}: expected {expected}"
-            + (f" after {after}" if after else ""),
-        )
+        word = re.match(r"[A-Za-z_][A-Za-z0-9_$]*", text[pos:])
+        _expected_at(text, pos, set(exc.allowed or ()), ctx, f"'{_short(word[0] if word else ch)}'")
     assert isinstance(exc, UnexpectedToken | UnexpectedEOF)
     accepted: set[str] = set(exc.expected)
     if isinstance(exc, UnexpectedToken) and exc.interactive_parser is not None:
         # LALR merges lookaheads of states with one core; accepts() is exact
         accepted = set(exc.interactive_parser.accepts()) or accepted  # type: ignore[no-untyped-call]
-    expected = _describe_expected(accepted, ctx)
-    after = _describe_prev(ctx)
     if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
         found = exc.token.value
         found_s = _short(found) if found.startswith(("'", '"')) else f"'{_short(found)}'"
     else:
         found_s = "end of input"
+    _expected_at(text, pos, accepted, ctx, found_s)
+
+
+def _expected_at(text: str, pos: int, accepted: set[str], ctx: list[_Tok], found: str) -> NoReturn:
+    expected = _describe_expected(accepted, ctx)
+    after = _describe_prev(ctx)
     line, col = _line_col(text, pos)
-    where = f"at line {line}, column {col}"
     raise SqlError(
         f"expected {expected}"
         + (f" after {after}" if after else "")
-        + f" {where}, found {found_s}",
+        + f" at line {line}, column {col}, found {found}",
         position=pos,
         line=line,
         column=col,
