@@ -169,7 +169,9 @@ class WebhookServer:
             streaming=cfg.source.streaming,
             status_interval=cfg.source.status_interval_secs,
             reconnect_max_delay=cfg.source.reconnect_max_delay_secs,
+            on_relation=self._on_relation,
         )
+        self._loop = asyncio.get_running_loop()
         self.capture.start()
         for row in self.store.list_streams():
             await self._start_runner(row)
@@ -264,6 +266,21 @@ class WebhookServer:
         finally:
             conn.close()
 
+    def _on_relation(self, old: Any, info: Any) -> None:
+        """Capture thread: a table's shape is known or changed; tell sinks that encode by schema."""
+        columns = info.columns
+        loop = getattr(self, "_loop", None)
+        if loop is None:
+            return
+
+        def apply() -> None:
+            for runner in self.runners.values():
+                setter = getattr(runner.sink, "set_columns", None)
+                if setter is not None:
+                    setter(info.table, columns)
+
+        loop.call_soon_threadsafe(apply)
+
     def columns_of(self, table: str) -> list[dict[str, Any]]:
         cols = self._table_columns.get(table)
         if cols is None:
@@ -328,11 +345,15 @@ class WebhookServer:
         if dest.type == "kafka":
             from .sinks._kafka import KafkaSink
 
-            return KafkaSink(dest, stream_name=cfg.name, format=cfg.format), f"kafka://{dest.address}/{dest.topic}"  # type: ignore[call-arg]
+            # the transactional id and offsets key name this state directory's stream, so two
+            # deployments (or a wiped state directory) never resume from each other's position
+            assert self.store is not None
+            sink_name = f"{cfg.name}-{self.store.instance_id}"
+            return KafkaSink(dest, sink_name, format=cfg.format), f"kafka://{dest.address}/{dest.topic}"
         if dest.type == "kinesis":
             from .sinks._kinesis import KinesisSink
 
-            return KinesisSink(dest, stream_name=cfg.name, format=cfg.format), f"kinesis://{dest.region}/{dest.address}"  # type: ignore[call-arg]
+            return KinesisSink.for_stream(cfg), f"kinesis://{dest.region}/{dest.address}"
         from .sinks._memory import MemorySink
 
         return MemorySink(cfg.name), f"memory://{cfg.name}"

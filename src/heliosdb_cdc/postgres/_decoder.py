@@ -79,7 +79,8 @@ class RelationInfo:
     @property
     def columns(self) -> list[dict[str, Any]]:
         return [
-            {"name": c.name, "type_oid": c.type_oid, "key": c.is_key} for c in self.relation.columns
+            {"name": c.name, "type_oid": c.type_oid, "typmod": c.type_modifier, "key": c.is_key}
+            for c in self.relation.columns
         ]
 
 

@@ -117,6 +117,19 @@ class Store:
                     raise
 
     @property
+    def instance_id(self) -> str:
+        """A random id of this state directory: names what it owns elsewhere (Kafka offsets)."""
+        import uuid
+
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='instance_id'").fetchone()
+            if row is None:
+                value = uuid.uuid4().hex[:12]
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('instance_id', ?)", (value,))
+                row = self._db.execute("SELECT value FROM meta WHERE key='instance_id'").fetchone()
+        return str(row[0])
+
+    @property
     def schema_version(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         return int(row[0])
