@@ -17,6 +17,7 @@ from heliosdb_cdc._errors import CdcError, SqlError, StreamExists, StreamNotFoun
 from heliosdb_cdc.sql import (
     STREAM_COLUMNS,
     MemoryStreamManager,
+    RemoteSqlError,
     SqlResult,
     StreamManager,
     execute,
@@ -424,6 +425,8 @@ async def test_run_remote_error_carries_the_server_context(
         "column 20, found 'STOP' (statement 1 ran)"
     )
     assert info.value.context == {"position": 37, "line": 2, "column": 20, "statement": 2}
+    assert isinstance(info.value, RemoteSqlError)
+    assert str(info.value) == info.value.message  # the CLI prints it as is
 
 
 async def test_run_remote_auth_and_connection_errors(

@@ -19,7 +19,7 @@ from ._ast import (
     ShowStreamStatus,
     Statement,
 )
-from ._client import HISTORY_FILE, render_table, repl, run_remote
+from ._client import HISTORY_FILE, RemoteSqlError, render_table, repl, run_remote
 from ._executor import STREAM_COLUMNS, StreamManager, execute, execute_statement
 from ._memory import MemoryStreamManager
 from ._parser import grammar_parser, is_complete, parse, parse_one, split_statements
@@ -34,6 +34,7 @@ __all__ = [
     "DestinationType",
     "DropStream",
     "MemoryStreamManager",
+    "RemoteSqlError",
     "ShowStreamStatus",
     "ShowStreams",
     "SqlResult",

@@ -106,14 +106,24 @@ def render_table(result: SqlResult) -> str:
 # -- remote execution ---------------------------------------------------------------------
 
 
+class RemoteSqlError(SqlError):
+    """A statement the server refused. The server's message is complete (it says where
+    and which statement), so ``str()`` is the message alone; ``context`` keeps
+    ``position``, ``line``, ``column``, ``statement``... as the server sent them."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
 async def run_remote(
     server_url: str, text: str, token: str | None = None, *, timeout: float = 120.0
 ) -> list[SqlResult]:
     """POST ``text`` to ``{server_url}/sql`` and return the results.
 
     A refused statement (HTTP 400 ``{"error": ..., "position": ..., ...}``) raises
-    :class:`SqlError` with the server's message and context; other failures
-    (unreachable, HTTP 401/403/5xx, a reply that is not JSON) raise :class:`CdcError`.
+    :class:`RemoteSqlError` (a :class:`SqlError`) with the server's message and context;
+    other failures (unreachable, HTTP 401/403/5xx, a reply that is not JSON) raise
+    :class:`CdcError`.
     """
     import aiohttp
 
@@ -141,7 +151,7 @@ async def run_remote(
     if isinstance(data, dict) and "error" in data:
         context = {k: v for k, v in data.items() if k not in ("error", "message")}
         if status == 400:
-            raise SqlError(str(data["error"]), **context)
+            raise RemoteSqlError(str(data["error"]), **context)
         hint = " (pass --token or set HELIOSDB_CDC_TOKEN)" if status in (401, 403) else ""
         raise CdcError(f"{data['error']}{hint}", status=status)
     snippet = body[:200].decode("utf-8", "replace").strip()
@@ -230,4 +240,4 @@ async def repl(
                 rl.write_history_file(history)
 
 
-__all__ = ["HISTORY_FILE", "render_table", "repl", "run_remote"]
+__all__ = ["HISTORY_FILE", "RemoteSqlError", "render_table", "repl", "run_remote"]
