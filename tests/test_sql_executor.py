@@ -502,3 +502,41 @@ async def test_repl_ends_on_eof() -> None:
 
     await repl("http://x", None, input_fn=eof, output=out.append, runner=never)
     assert out[-1] == ""
+
+
+# -- docs/sql.md runs as written ------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
+
+
+async def test_docs_examples_run_as_written() -> None:
+    import re
+
+    doc = DOCS.read_text()
+    commands = re.findall(r'^heliosdb-cdc sql "(.*?)"$', doc, re.S | re.M)
+    assert len(commands) >= 12
+    manager = MemoryStreamManager()
+    *ok, failing = commands
+    for text in ok:
+        for r in await execute(text, manager):
+            if r.message:
+                assert r.message in doc
+    with pytest.raises(StreamNotFound) as info:
+        await execute(failing, manager)
+    assert f"error: {info.value.message}" in doc
+
+
+async def test_docs_error_table_is_accurate() -> None:
+    import re
+
+    rows = re.findall(r"^\| `([^`]*)`[^|]*\| `([^`]*)` \|$", DOCS.read_text(), re.M)
+    checked = 0
+    for text, message in rows:
+        if "..." in text or "..." in message:
+            continue
+        manager = MemoryStreamManager(known_tables=["orders", "t"])
+        with pytest.raises(SqlError) as info:
+            await execute(text, manager)
+        assert info.value.message == message, text
+        checked += 1
+    assert checked >= 8
