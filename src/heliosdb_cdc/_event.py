@@ -82,11 +82,14 @@ class CdcEvent:
     transaction_id: str
     lsn: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # commit time, precomputed once per transaction by the decoder
+    commit_ts_us: int = 0
+    timestamp_text: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "event_id": self.event_id,
-            "timestamp": format_timestamp(self.timestamp),
+            "timestamp": self.timestamp_text or format_timestamp(self.timestamp),
             "sequence": self.sequence,
             "operation": self.operation.value,
             "database": self.database,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from .._event import CdcEvent, OperationType, event_id
+from .._errors import DecodeError
+from .._event import CdcEvent, OperationType, event_id, format_timestamp
 from ._protocol import (
     UNCHANGED,
     Begin,
@@ -40,6 +41,9 @@ from ._types import Converter, converter_for
 log = logging.getLogger("heliosdb_cdc.postgres")
 
 _LEN = struct.Struct("!I")
+_U32 = struct.Struct("!I")
+_I32 = struct.Struct("!i")
+_I16 = struct.Struct("!h")
 _WARNED_NO_KEY: set[str] = set()
 
 
@@ -103,6 +107,9 @@ class ChangeDecoder:
         self._ts: datetime | None = None
         self._txn_id = ""
         self._index = 0
+        self._ts_us = 0
+        self._ts_text = ""
+        self._id_prefix = ""
         self._skipping = False
         self._in_stream = False
         self._stream_xid = 0
@@ -115,12 +122,19 @@ class ChangeDecoder:
 
     # -- public --------------------------------------------------------------
     def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd | Watermark]:
+        if payload[:1] == b"I" and not self._in_stream and not self._skipping:
+            return self._fast_insert(payload)
         msg = parse_message(payload, self._in_stream)
         if self._in_stream and not isinstance(msg, (StreamStop, Relation)):
             if isinstance(msg, (Insert, Update, Delete, Truncate)):
                 self._spool(payload, msg.xid or self._stream_xid)
                 return []
         return self._handle(msg)
+
+    @property
+    def index(self) -> int:
+        """Index, in its transaction, of the last event made."""
+        return self._index
 
     @property
     def in_transaction(self) -> bool:
@@ -173,6 +187,9 @@ class ChangeDecoder:
         self._xid = xid
         self._commit_lsn = final_lsn
         self._ts = datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC)
+        self._ts_us = ts_us
+        self._ts_text = format_timestamp(self._ts)
+        self._id_prefix = f"evt_{final_lsn:016x}_"
         self._txn_id = f"txn_{xid}"
         self._index = 0
         self._skipping = final_lsn <= self.skip_through_lsn
@@ -229,6 +246,42 @@ class ChangeDecoder:
         }
         return self._make(info, OperationType.SCHEMA_CHANGE, {}, value, {"columns": old})
 
+    def _fast_insert(self, buf: bytes) -> list[CdcEvent | TxnEnd | Watermark]:
+        """INSERT, the most common message, parsed and converted in one pass."""
+        try:
+            (oid,) = _U32.unpack_from(buf, 1)
+            info = self._info(oid)
+            if buf[5] != 0x4E:  # 'N'
+                raise DecodeError("insert without new tuple")
+            (ncols,) = _I16.unpack_from(buf, 6)
+            pos = 8
+            row: dict[str, Any] = {}
+            names = info.names
+            convs = info.converters
+            unpack_len = _I32.unpack_from
+            for i in range(ncols):
+                kind = buf[pos]
+                pos += 1
+                if kind == 0x74:  # 't'
+                    (length,) = unpack_len(buf, pos)
+                    pos += 4
+                    end = pos + length
+                    row[names[i]] = convs[i](buf[pos:end].decode())
+                    pos = end
+                elif kind == 0x6E:  # 'n'
+                    row[names[i]] = None
+                elif kind == 0x62:  # 'b'
+                    (length,) = unpack_len(buf, pos)
+                    pos += 4
+                    row[names[i]] = bytes(buf[pos : pos + length])
+                    pos += length
+                elif kind != 0x75:  # 'u' cannot occur in an insert; tolerate it
+                    raise DecodeError(f"unknown tuple column kind {chr(kind)!r}", offset=pos - 1)
+        except (struct.error, IndexError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"truncated or malformed 'I' message: {exc}") from exc
+        key = {names[i]: row.get(names[i]) for i in info.key_idx}
+        return [self._make(info, OperationType.INSERT, key, row, None)]
+
     def _row(self, info: RelationInfo, values: list[object]) -> dict[str, Any]:
         row: dict[str, Any] = {}
         names = info.names
@@ -266,7 +319,7 @@ class ChangeDecoder:
         self.next_sequence = seq + 1
         assert self._ts is not None
         return CdcEvent(
-            event_id=event_id(self._commit_lsn, self._index),
+            event_id=f"{self._id_prefix}{self._index:06d}",
             timestamp=self._ts,
             sequence=seq,
             operation=op,
@@ -277,14 +330,14 @@ class ChangeDecoder:
             old_value=old,
             transaction_id=self._txn_id,
             lsn=self._commit_lsn,
+            commit_ts_us=self._ts_us,
+            timestamp_text=self._ts_text,
         )
 
     def _info(self, oid: int) -> RelationInfo:
         try:
             return self.relations[oid]
         except KeyError:
-            from .._errors import DecodeError
-
             raise DecodeError("change for a relation that was never described", oid=oid) from None
 
     def _change(self, msg: Insert | Update | Delete | Truncate) -> list[CdcEvent | TxnEnd | Watermark]:

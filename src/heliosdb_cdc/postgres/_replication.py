@@ -226,7 +226,7 @@ class Capture:
                         ev = item
                         body = dumps(ev.to_dict(), default=default)
                         key = dumps(ev.key, default=default)
-                        ts_us = int(ev.timestamp.timestamp() * 1_000_000)
+                        ts_us = ev.commit_ts_us
                         events.append(
                             (
                                 ev.sequence,

@@ -71,6 +71,8 @@ def _to_timestamp(s: str) -> str:
 
 
 def _to_timestamptz(s: str) -> str:
+    if s[-3:] == "+00" and s[10:11] == " ":  # the session runs in UTC: the common case
+        return s[:10] + "T" + s[11:-3] + "Z"
     if s in ("infinity", "-infinity"):
         return s
     s = _tz(s.replace(" ", "T", 1))
