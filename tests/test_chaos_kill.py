@@ -29,7 +29,7 @@ KILLS = int(os.environ.get("HELIOSDB_CDC_CHAOS_KILLS", "3"))
 def start_service(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "heliosdb_cdc.cli", "run", "-c", str(config_path)],
-        stdout=open(log_path, "ab"),  # noqa: SIM115
+        stdout=open(log_path, "ab"),
         stderr=subprocess.STDOUT,
     )
 
@@ -122,8 +122,10 @@ async def test_kill_9_restarts_lose_nothing(pg_db: PgDatabase, receiver: Receive
         first_seen.setdefault(ev["event_id"], ev)
     unique = list(first_seen.values())
     duplicates = len(events) - len(unique)
-    print(f"\nchaos: written={written} delivered={len(events)} unique={len(unique)} "
-          f"duplicates={duplicates} lost={written - len(unique)} kills={kills}")
+    print(
+        f"\nchaos: written={written} delivered={len(events)} unique={len(unique)} "
+        f"duplicates={duplicates} lost={written - len(unique)} kills={kills}"
+    )
     assert len(unique) == written, "changes lost"
     # a repeated event id always carries the same content
     for ev in events:
@@ -134,6 +136,7 @@ async def test_kill_9_restarts_lose_nothing(pg_db: PgDatabase, receiver: Receive
         by_key.setdefault(ev["key"]["id"], []).append(ev["sequence"])
     for key, seqs in by_key.items():
         assert seqs == sorted(seqs), f"row {key} out of order"
-    assert sorted(e["sequence"] for e in unique) == list(range(1, written + 1)) or len(
-        {e["sequence"] for e in unique}
-    ) == written
+    assert (
+        sorted(e["sequence"] for e in unique) == list(range(1, written + 1))
+        or len({e["sequence"] for e in unique}) == written
+    )

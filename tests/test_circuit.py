@@ -76,7 +76,11 @@ def test_half_open_failure_reopens() -> None:
     b.record_failure()
     assert b.state is CircuitState.OPEN
     assert not b.try_acquire()
-    assert [s for _, s in b.transitions] == [CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.OPEN]
+    assert [s for _, s in b.transitions] == [
+        CircuitState.OPEN,
+        CircuitState.HALF_OPEN,
+        CircuitState.OPEN,
+    ]
 
 
 async def test_registry_get_state_as_in_the_guide() -> None:

@@ -48,7 +48,9 @@ async def test_5xx_is_retried_then_delivered(pg_db: PgDatabase, receiver: Receiv
     assert status["events_delivered"] == 1
 
 
-async def test_4xx_goes_to_dead_letters_and_replays(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
+async def test_4xx_goes_to_dead_letters_and_replays(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
     setup_table(pg_db)
     receiver.respond = lambda req: 422 if req.json["value"]["status"] == "bad" else 200
     cfg = make_config(pg_db, tmp_path)
@@ -85,17 +87,30 @@ async def test_dead_endpoint_does_not_block_a_healthy_one(
         webhook={
             "bind_address": "127.0.0.1:0",
             "retry": {"max_attempts": 1000, "initial_delay_ms": 10, "max_delay_ms": 50},
-            "circuit_breaker": {"failure_threshold": 3, "timeout_secs": 0.3, "success_threshold": 1},
+            "circuit_breaker": {
+                "failure_threshold": 3,
+                "timeout_secs": 0.3,
+                "success_threshold": 1,
+            },
         },
     )
     try:
-        async with WebhookServer(cfg, ) as server:
-            await server.register(WebhookRegistration(url=sick.url, secret=SECRET, tables=["orders"], name="sick"))
-            await server.register(WebhookRegistration(url=receiver.url, secret=SECRET, tables=["orders"], name="ok"))
+        async with WebhookServer(
+            cfg,
+        ) as server:
+            await server.register(
+                WebhookRegistration(url=sick.url, secret=SECRET, tables=["orders"], name="sick")
+            )
+            await server.register(
+                WebhookRegistration(url=receiver.url, secret=SECRET, tables=["orders"], name="ok")
+            )
             pg_db.execute("INSERT INTO orders (total) SELECT g FROM generate_series(1, 20) g")
             await receiver.wait_for(20)
             await asyncio.sleep(0.3)
-            assert await server.circuit_breaker.get_state(sick.url) in (CircuitState.OPEN, CircuitState.HALF_OPEN)
+            assert await server.circuit_breaker.get_state(sick.url) in (
+                CircuitState.OPEN,
+                CircuitState.HALF_OPEN,
+            )
             assert server.stream_status("sick")["events_delivered"] == 0
             # the endpoint recovers: the waiting events arrive, nothing was dropped
             sick.respond = None
@@ -143,9 +158,14 @@ async def test_per_key_order_under_concurrency_and_retries(
     rnd = random.Random(3)
     receiver.respond = lambda req: 503 if rnd.random() < 0.2 else 200
     cfg = make_config(
-        pg_db, tmp_path, webhook={"bind_address": "127.0.0.1:0", "worker_pool_size": 8,
-                                  "retry": {"max_attempts": 100, "initial_delay_ms": 1, "max_delay_ms": 5},
-                                  "circuit_breaker": {"failure_threshold": 1000}},
+        pg_db,
+        tmp_path,
+        webhook={
+            "bind_address": "127.0.0.1:0",
+            "worker_pool_size": 8,
+            "retry": {"max_attempts": 100, "initial_delay_ms": 1, "max_delay_ms": 5},
+            "circuit_breaker": {"failure_threshold": 1000},
+        },
     )
     async with WebhookServer(cfg) as server:
         await server.register(WebhookRegistration(url=receiver.url, secret=SECRET, tables=["orders"]))
@@ -167,8 +187,13 @@ async def test_unreachable_database_retries_without_crashing(tmp_path: Path) -> 
     from heliosdb_cdc._embedded import free_port
 
     cfg = Config.model_validate(
-        {"state_dir": str(tmp_path / "s"), "source": {"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-                                                     "reconnect_max_delay_secs": 0.2}}
+        {
+            "state_dir": str(tmp_path / "s"),
+            "source": {
+                "dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+                "reconnect_max_delay_secs": 0.2,
+            },
+        }
     )
     server = WebhookServer(cfg)
     task = asyncio.create_task(server.start(serve_http=False))

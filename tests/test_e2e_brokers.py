@@ -56,7 +56,9 @@ def check_order(events: list[dict[str, Any]], written: int) -> None:
 
 async def run(db: PgDatabase, tmp_path: Path, cfg_stream: StreamConfig) -> int:
     cfg = make_config(db, tmp_path)
-    db.execute("CREATE TABLE orders (id int PRIMARY KEY, customer_id int, total numeric(12,2), status text, created_at timestamptz DEFAULT now())")
+    db.execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, customer_id int, total numeric(12,2), status text, created_at timestamptz DEFAULT now())"
+    )
     async with WebhookServer(cfg) as server:
         await server.create_stream(cfg_stream)
         written = await asyncio.to_thread(workload, db)
@@ -97,12 +99,19 @@ async def test_kafka_every_change_in_key_order(
         by_part.setdefault(m.partition(), []).append(e)
     check_order([e for part in by_part.values() for e in part], written)
     sample = next(e for e in events if e["operation"] == "INSERT")
-    assert str(sample["value"]["total"]) in {str(sample["key"]["id"] * 1.25), f"{sample['key']['id'] * 1.25:.2f}"}
+    assert str(sample["value"]["total"]) in {
+        str(sample["key"]["id"] * 1.25),
+        f"{sample['key']['id'] * 1.25:.2f}",
+    }
 
 
 @pytest.mark.parametrize("fmt", ["json", "avro"])
 async def test_kinesis_every_change_in_key_order(
-    pg_db: PgDatabase, tmp_path: Path, kinesis_endpoint: str, fmt: str, monkeypatch: pytest.MonkeyPatch
+    pg_db: PgDatabase,
+    tmp_path: Path,
+    kinesis_endpoint: str,
+    fmt: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

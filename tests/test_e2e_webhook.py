@@ -85,7 +85,9 @@ async def test_numeric_digits_and_types(pg_db: PgDatabase, receiver: Receiver, t
     )
     cfg = make_config(pg_db, tmp_path)
     async with WebhookServer(cfg) as server:
-        await server.register(WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["t"]))
+        await server.register(
+            WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["t"])
+        )
         pg_db.execute(
             """INSERT INTO t VALUES (1, 12345678901234567890.123456789012345678, 'NaN', true,
             '2026-01-04', '2026-01-04 12:00:00+00', '1 day 2 hours', '{"a": [1, 2], "b": null}',
@@ -116,7 +118,9 @@ async def test_unchanged_toast_is_not_a_fake_null(
     cfg = make_config(pg_db, tmp_path)
     big = "x" * 100_000
     async with WebhookServer(cfg) as server:
-        await server.register(WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["docs"]))
+        await server.register(
+            WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["docs"])
+        )
         pg_db.execute("INSERT INTO docs VALUES (1, %s, 1)", (big,))
         pg_db.execute("UPDATE docs SET n = 2 WHERE id = 1")
         events = await receiver.wait_for(2)
@@ -136,7 +140,7 @@ async def test_restart_resumes_without_loss(pg_db: PgDatabase, receiver: Receive
     # changes while the service is down
     pg_db.execute("INSERT INTO orders (customer_id) SELECT g FROM generate_series(51, 80) g")
     async with WebhookServer(cfg):
-        events = await receiver.wait_for(80)
+        await receiver.wait_for(80)
         await asyncio.sleep(0.5)
     ids = [e["key"]["id"] for e in receiver.events]
     assert sorted(set(ids)) == list(range(1, 81))

@@ -14,7 +14,9 @@ async def test_add_column_mid_stream(pg_db: PgDatabase, receiver: Receiver, tmp_
     pg_db.execute("CREATE TABLE orders (id int PRIMARY KEY, total int)")
     cfg = make_config(pg_db, tmp_path)
     async with WebhookServer(cfg) as server:
-        await server.register(WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["orders"]))
+        await server.register(
+            WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["orders"])
+        )
         pg_db.execute("INSERT INTO orders VALUES (1, 10)")
         await receiver.wait_for(1)
         pg_db.execute("ALTER TABLE orders ADD COLUMN note text")
@@ -36,7 +38,9 @@ async def test_schema_change_while_stopped_is_reported_on_restart(
     pg_db.execute("CREATE TABLE t (id int PRIMARY KEY, a int, b int)")
     cfg = make_config(pg_db, tmp_path)
     async with WebhookServer(cfg) as server:
-        await server.register(WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["t"]))
+        await server.register(
+            WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["t"])
+        )
         pg_db.execute("INSERT INTO t VALUES (1, 1, 1)")
         await receiver.wait_for(1)
     pg_db.execute("ALTER TABLE t DROP COLUMN b")

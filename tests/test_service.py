@@ -30,13 +30,22 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("webhook: {retry: {max_attempts: -1}}", "webhook.retry.max_attempts: Input should be greater than or equal to 1"),
+        (
+            "webhook: {retry: {max_attempts: -1}}",
+            "webhook.retry.max_attempts: Input should be greater than or equal to 1",
+        ),
         ("webhooks: [{url: 'not a url'}]", "webhooks[0].url"),
         ("sorce: {dsn: x}", "sorce: unknown key"),
         ("webhook: {timeout_secs: -5}", "webhook.timeout_secs"),
         ("webhook: [1, 2", "invalid YAML at line"),
-        ("source: {dsn: '${NO_SUCH_VAR_HELIOS}'}", "environment variable NO_SUCH_VAR_HELIOS is not set"),
-        ("streams: [{name: a, tables: [t], destination: {type: kinesis, address: s}}]", "needs a region"),
+        (
+            "source: {dsn: '${NO_SUCH_VAR_HELIOS}'}",
+            "environment variable NO_SUCH_VAR_HELIOS is not set",
+        ),
+        (
+            "streams: [{name: a, tables: [t], destination: {type: kinesis, address: s}}]",
+            "needs a region",
+        ),
     ],
 )
 def test_bad_config_refused_with_key_path(tmp_path: Path, content: str, expected: str) -> None:
@@ -61,7 +70,14 @@ async def test_health_and_sigterm_drains(pg_db: PgDatabase, receiver: Receiver, 
         "state_dir": str(tmp_path / "state"),
         "source": {"dsn": pg_db.dsn},
         "webhook": {"bind_address": f"127.0.0.1:{port}"},
-        "webhooks": [{"url": receiver.url, "secret": "your-webhook-secret", "tables": ["t"], "name": "t_hook"}],
+        "webhooks": [
+            {
+                "url": receiver.url,
+                "secret": "your-webhook-secret",
+                "tables": ["t"],
+                "name": "t_hook",
+            }
+        ],
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -100,7 +116,9 @@ async def test_postgres_restart_mid_stream_loses_nothing(receiver: Receiver, tmp
         db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         cfg = make_config(db, tmp_path, source={"dsn": pg.dsn, "reconnect_max_delay_secs": 0.5})
         async with WebhookServer(cfg) as server:
-            await server.register(WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["t"]))
+            await server.register(
+                WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["t"])
+            )
             db.execute("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 500) g")
             await asyncio.to_thread(pg.restart)
             db.execute("INSERT INTO t SELECT g, 'b' FROM generate_series(501, 1000) g")
@@ -117,7 +135,9 @@ async def test_table_without_primary_key_still_flows(
     pg_db.execute("CREATE TABLE logs (msg text, n int)")
     cfg = make_config(pg_db, tmp_path)
     async with WebhookServer(cfg) as server:
-        await server.register(WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["logs"]))
+        await server.register(
+            WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["logs"])
+        )
         pg_db.execute("INSERT INTO logs VALUES ('hello', 1), ('world', 2)")
         events = await receiver.wait_for(2)
     assert {e["value"]["msg"] for e in events} == {"hello", "world"}
@@ -129,7 +149,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = dict(os.environ)
     res = subprocess.run(
         [*CLI, "demo", "--duration", "3", "--rate", "100", "--dir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "OK:" in res.stdout

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,8 @@ def storm(db: PgDatabase, stop: threading.Event, seed: int) -> int:
                 cur.execute("DELETE FROM items WHERE id = %s", (k,))
             else:
                 cur.execute(
-                    "INSERT INTO items (id, v, note) VALUES (%s, 0, 'new') ON CONFLICT (id) DO NOTHING", (k,)
+                    "INSERT INTO items (id, v, note) VALUES (%s, 0, 'new') ON CONFLICT (id) DO NOTHING",
+                    (k,),
                 )
             n += 1
             time.sleep(0.002)
@@ -90,7 +91,9 @@ def stream(receiver: Receiver, snapshot: str = "initial") -> StreamConfig:
     )
 
 
-async def test_initial_snapshot_under_write_load(items: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
+async def test_initial_snapshot_under_write_load(
+    items: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
     cfg = make_config(items, tmp_path, cdc={"snapshot_chunk_size": 2000})
     stop = threading.Event()
     async with WebhookServer(cfg) as server:
@@ -160,7 +163,11 @@ async def test_backfill_needs_a_primary_key(pg_db: PgDatabase, receiver: Receive
     cfg = make_config(pg_db, tmp_path)
     async with WebhookServer(cfg) as server:
         await server.create_stream(
-            StreamConfig(name="nk", tables=["nokey"], destination=Destination(type="webhook", address=receiver.url))
+            StreamConfig(
+                name="nk",
+                tables=["nokey"],
+                destination=Destination(type="webhook", address=receiver.url),
+            )
         )
         await server.start_snapshot("nk", "backfill", None)
         st = await wait_snapshot(server, "nk")

@@ -57,10 +57,15 @@ async def test_sql_lifecycle_through_the_cli(pg_db: PgDatabase, receiver: Receiv
         await cli_sql(url, "ALTER CDC STREAM users_stream RESUME;")
         await receiver.wait_for(3)
         # errors: clear, and nothing changes
-        bad = await cli_sql(url, "CREATE CHANGE DATA CAPTURE ON no_such_table TO WEBHOOK 'http://127.0.0.1:1/x';")
+        bad = await cli_sql(
+            url, "CREATE CHANGE DATA CAPTURE ON no_such_table TO WEBHOOK 'http://127.0.0.1:1/x';"
+        )
         assert bad.returncode != 0
         assert "no_such_table" in bad.stderr and "does not exist" in bad.stderr
-        dup = await cli_sql(url, f"CREATE CHANGE DATA CAPTURE ON users TO WEBHOOK '{receiver.url}' AS 'users_stream';")
+        dup = await cli_sql(
+            url,
+            f"CREATE CHANGE DATA CAPTURE ON users TO WEBHOOK '{receiver.url}' AS 'users_stream';",
+        )
         assert dup.returncode != 0 and "already exists" in dup.stderr
         syntax = await cli_sql(url, "CREATE CHANGE DATA CAPTURE ON users TO KAFKA 'h:9092';")
         assert syntax.returncode != 0 and "TOPIC" in syntax.stderr
@@ -80,7 +85,12 @@ async def test_sql_lifecycle_through_the_cli(pg_db: PgDatabase, receiver: Receiv
         assert "users_stream" not in res.stdout
         pub = pg_db.execute("SELECT tablename FROM pg_publication_tables WHERE pubname='heliosdb_cdc'")
         assert pub == []  # the dropped stream released its table
-    assert [e["value"]["name"] for e in sorted(receiver.events, key=lambda e: e["sequence"])] == ["a", "b", "c", "d"]
+    assert [e["value"]["name"] for e in sorted(receiver.events, key=lambda e: e["sequence"])] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
 
 
 async def test_several_statements_and_file(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
@@ -105,8 +115,11 @@ async def test_rest_api(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -
             doc = await r.json()
             assert "/api/streams" in doc["paths"]
         body: dict[str, Any] = {
-            "url": receiver.url, "secret": "your-webhook-secret", "tables": ["orders"],
-            "operations": ["INSERT"], "name": "orders_hook",
+            "url": receiver.url,
+            "secret": "your-webhook-secret",
+            "tables": ["orders"],
+            "operations": ["INSERT"],
+            "name": "orders_hook",
         }
         async with http.post("/api/webhooks", json=body) as r:
             assert r.status == 201, await r.text()

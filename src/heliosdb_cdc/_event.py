@@ -123,9 +123,7 @@ class CdcEvent:
         ts = d["timestamp"]
         return cls(
             event_id=d["event_id"],
-            timestamp=datetime.fromisoformat(ts.replace("Z", "+00:00"))
-            if isinstance(ts, str)
-            else ts,
+            timestamp=datetime.fromisoformat(ts.replace("Z", "+00:00")) if isinstance(ts, str) else ts,
             sequence=int(d["sequence"]),
             operation=OperationType.parse(d["operation"]),
             database=d["database"],

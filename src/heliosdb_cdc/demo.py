@@ -16,7 +16,6 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psycopg2
@@ -78,7 +77,10 @@ def _writer(dsn: str, n: int, stats: dict[str, int]) -> None:
                 elif r < 0.9:
                     cur.execute(
                         "UPDATE orders SET status = %s WHERE id = %s",
-                        (random.choice(["paid", "shipped", "cancelled"]), random.randint(1, stats["max_id"])),
+                        (
+                            random.choice(["paid", "shipped", "cancelled"]),
+                            random.randint(1, stats["max_id"]),
+                        ),
                     )
                     stats["written"] += cur.rowcount
                 else:
@@ -124,7 +126,11 @@ async def run_demo(directory: str, rate: float, duration: float) -> int:
         cfg = Config.model_validate(
             {
                 "state_dir": str(base / "state"),
-                "source": {"dsn": pg.dsn, "slot": "heliosdb_cdc_demo", "publication": "heliosdb_cdc_demo"},
+                "source": {
+                    "dsn": pg.dsn,
+                    "slot": "heliosdb_cdc_demo",
+                    "publication": "heliosdb_cdc_demo",
+                },
                 "webhook": {"bind_address": f"127.0.0.1:{api_port}"},
                 "webhooks": [
                     {"name": "demo", "url": url, "secret": SECRET, "tables": ["orders"]},
@@ -162,7 +168,8 @@ async def run_demo(directory: str, rate: float, duration: float) -> int:
         _line(stats["written"], rec)
         ok = rec.received >= stats["written"] and rec.bad_signatures == 0
         print(
-            f"\n{'OK' if ok else 'INCOMPLETE'}: {stats['written']} changes written, {rec.received} delivered, "
+            f"\n{'OK' if ok else 'INCOMPLETE'}: {stats['written']} changes written, "
+            f"{rec.received} delivered, "
             f"{rec.bad_signatures} bad signatures, {rec.duplicates} duplicates"
         )
         return 0 if ok else 1
@@ -191,5 +198,3 @@ def _port_free(port: int) -> bool:
             return True
         except OSError:
             return False
-
-

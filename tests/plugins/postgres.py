@@ -53,9 +53,7 @@ def pg_db(pg_server: EmbeddedPostgres) -> Iterator[PgDatabase]:
     db = PgDatabase(pg_server, name)
     yield db
     with admin.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         cur.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,))
         for (slot,) in cur.fetchall():
             try:

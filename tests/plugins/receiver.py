@@ -65,7 +65,9 @@ class Receiver:
         return self.events
 
 
-async def start_receiver(secret: str | None = None, host: str = "127.0.0.1") -> tuple[Receiver, web.AppRunner]:
+async def start_receiver(
+    secret: str | None = None, host: str = "127.0.0.1"
+) -> tuple[Receiver, web.AppRunner]:
     port = free_port()
     rec = Receiver(url=f"http://{host}:{port}/hook", secret=secret)
 

@@ -78,7 +78,6 @@ class Record:
         return event_id(self.lsn, self.index)
 
 
-
 @dataclass(slots=True, frozen=True)
 class Position:
     """The durable end of the log: last event sequence and last complete transaction."""
@@ -161,9 +160,7 @@ class LocalLog:
             else:
                 self._recover_last()
         except OSError as exc:
-            raise StateError(
-                f"cannot open the local log: {exc.strerror}", path=str(self.dir)
-            ) from exc
+            raise StateError(f"cannot open the local log: {exc.strerror}", path=str(self.dir)) from exc
         return self.durable
 
     def _path(self, first: int) -> Path:
@@ -178,7 +175,7 @@ class LocalLog:
         cut = 0
         for offset, payload in frames:
             seq, lsn, _ts, kind, _t, key, _b, _i = _parse_payload(payload)
-            if kind == KIND_SEGMENT or kind == KIND_COMMIT:
+            if kind in (KIND_SEGMENT, KIND_COMMIT):
                 pos = Position(seq, _U64.unpack(key)[0], lsn)
                 cut = offset + 8 + len(payload)
         size = path.stat().st_size
@@ -189,7 +186,7 @@ class LocalLog:
                 size - cut,
                 path.name,
             )
-        self._file = open(path, "r+b")  # noqa: SIM115 - kept open for appends
+        self._file = open(path, "r+b")
         self._file.truncate(cut)
         self._file.seek(cut)
         os.fsync(self._file.fileno())
@@ -206,10 +203,8 @@ class LocalLog:
                 os.fsync(self._file.fileno())
             self._file.close()
         path = self._path(first_seq)
-        self._file = open(path, "wb")  # noqa: SIM115 - kept open for appends
-        frame = _frame(
-            prev.seq, prev.end_lsn, 0, KIND_SEGMENT, b"", _U64.pack(prev.commit_lsn), b""
-        )
+        self._file = open(path, "wb")
+        frame = _frame(prev.seq, prev.end_lsn, 0, KIND_SEGMENT, b"", _U64.pack(prev.commit_lsn), b"")
         self._file.write(frame)
         self._file_size = len(frame)
         self._commit_offset = len(frame)
@@ -277,9 +272,7 @@ class LocalLog:
         try:
             self._file.write(data)
         except OSError as exc:
-            raise StateError(
-                f"cannot write the local log: {exc.strerror}", path=str(self.dir)
-            ) from exc
+            raise StateError(f"cannot write the local log: {exc.strerror}", path=str(self.dir)) from exc
         self._file_size += len(data)
         self._bytes_on_disk += len(data)
         if recs:
@@ -315,9 +308,7 @@ class LocalLog:
             if self.sync:
                 os.fsync(self._file.fileno())
         except OSError as exc:
-            raise StateError(
-                f"cannot sync the local log: {exc.strerror}", path=str(self.dir)
-            ) from exc
+            raise StateError(f"cannot sync the local log: {exc.strerror}", path=str(self.dir)) from exc
         self.durable = self._written
         return self.durable
 

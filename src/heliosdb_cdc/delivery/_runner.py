@@ -166,9 +166,7 @@ class StreamRunner:
                 log.info("stream %s: destination holds events through %d; resuming there", self.name, seq)
                 self.cursor = self._saved_cursor = self._last_read = seq
         if self.exactly_once.enabled:
-            self._skip_ids = await asyncio.to_thread(
-                self.store.delivered_after, self.endpoint, self.cursor
-            )
+            self._skip_ids = await asyncio.to_thread(self.store.delivered_after, self.endpoint, self.cursor)
         self._stop.clear()
         self._lanes = [asyncio.Queue() for _ in range(max(1, self.sink.lanes))]
         self._tasks = [asyncio.create_task(self._lane(q), name=f"{self.name}-lane") for q in self._lanes]
@@ -317,7 +315,10 @@ class StreamRunner:
                 try:
                     body = self.transform(event)
                 except Exception as exc:
-                    self._note_error(f"transformation failed: {exc}", OutboundEvent(event["event_id"], rec.seq, table, "READ", key, body, ""))
+                    self._note_error(
+                        f"transformation failed: {exc}",
+                        OutboundEvent(event["event_id"], rec.seq, table, "READ", key, body, ""),
+                    )
                     return None
         return OutboundEvent(
             event_id=event["event_id"],

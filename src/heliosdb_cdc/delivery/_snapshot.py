@@ -126,9 +126,7 @@ class Snapshotter:
                 await self._table(table)
             self.state["state"] = "done"
             self.state["current_table"] = None
-            log.info(
-                "%s of stream %s done: %d rows", self.kind, self.stream, self.state["rows_sent"]
-            )
+            log.info("%s of stream %s done: %d rows", self.kind, self.stream, self.state["rows_sent"])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -178,16 +176,19 @@ class Snapshotter:
                     params: list[Any] = []
                 else:
                     query = sql.SQL("SELECT {} FROM {} AS t WHERE ({}) > ({}) ORDER BY {} LIMIT {}").format(
-                        select_list, ident, key_list, key_params, key_list, sql.Literal(self.chunk_size)
+                        select_list,
+                        ident,
+                        key_list,
+                        key_params,
+                        key_list,
+                        sql.Literal(self.chunk_size),
                     )
                     params = list(last)
                 watermark = uuid.uuid4().hex
                 raw = await asyncio.to_thread(self._read_chunk, conn, query, params, watermark)
                 rows: list[tuple[bytes, dict[str, Any]]] = []
                 for r in raw:
-                    value = {
-                        names[i]: (None if v is None else converters[i](v)) for i, v in enumerate(r)
-                    }
+                    value = {names[i]: (None if v is None else converters[i](v)) for i, v in enumerate(r)}
                     if self.predicate is not None and not self.predicate(
                         {"operation": "READ", "table": tname, "value": value, "old_value": None}
                     ):

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from .._errors import DecodeError
-from .._event import CdcEvent, OperationType, event_id, format_timestamp
+from .._event import CdcEvent, OperationType, format_timestamp
 from ._protocol import (
     UNCHANGED,
     Begin,
@@ -125,10 +125,9 @@ class ChangeDecoder:
         if payload[:1] == b"I" and not self._in_stream and not self._skipping:
             return self._fast_insert(payload)
         msg = parse_message(payload, self._in_stream)
-        if self._in_stream and not isinstance(msg, (StreamStop, Relation)):
-            if isinstance(msg, (Insert, Update, Delete, Truncate)):
-                self._spool(payload, msg.xid or self._stream_xid)
-                return []
+        if self._in_stream and isinstance(msg, (Insert, Update, Delete, Truncate)):
+            self._spool(payload, msg.xid or self._stream_xid)
+            return []
         return self._handle(msg)
 
     @property

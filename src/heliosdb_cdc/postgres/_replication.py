@@ -34,9 +34,7 @@ from ._protocol import format_lsn
 
 log = logging.getLogger("heliosdb_cdc.capture")
 
-SESSION_OPTIONS = (
-    "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3"
-)
+SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3"
 
 
 @dataclass
@@ -203,7 +201,12 @@ class Capture:
                 for item in decoder.feed(msg.payload):
                     if isinstance(item, TxnEnd):
                         commits.append(
-                            (decoder.next_sequence - 1, item.commit_lsn, item.end_lsn, item.commit_ts_us)
+                            (
+                                decoder.next_sequence - 1,
+                                item.commit_lsn,
+                                item.end_lsn,
+                                item.commit_ts_us,
+                            )
                         )
                         order.append(1)
                         self.status.transactions += 1

@@ -54,7 +54,10 @@ def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.relkind IN ('r','p') AND n.nspname LIKE %s AND c.relname LIKE %s "
                     "ORDER BY 1",
-                    (schema.replace("*", "%").replace("?", "_"), table.replace("*", "%").replace("?", "_")),
+                    (
+                        schema.replace("*", "%").replace("?", "_"),
+                        table.replace("*", "%").replace("?", "_"),
+                    ),
                 )
                 out.extend(r[0] for r in cur.fetchall())
                 continue
@@ -84,9 +87,7 @@ def table_columns(conn: psycopg2.extensions.connection, table: str) -> list[dict
             "ORDER BY a.attnum",
             (schema, name),
         )
-        return [
-            {"name": r[0], "type_oid": r[1], "nullable": r[2], "key": r[3]} for r in cur.fetchall()
-        ]
+        return [{"name": r[0], "type_oid": r[1], "nullable": r[2], "key": r[3]} for r in cur.fetchall()]
 
 
 def ensure_publication(
@@ -124,9 +125,7 @@ def ensure_publication(
 def ensure_slot(conn: psycopg2.extensions.connection, slot: str) -> bool:
     """Create the logical slot if missing; True when it was created."""
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        )
+        cur.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,))
         row = cur.fetchone()
         if row is not None:
             if row[0] != "pgoutput":

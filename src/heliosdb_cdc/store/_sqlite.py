@@ -152,9 +152,7 @@ class Store:
             raise StreamExists(f"stream {name!r} already exists", stream=name) from None
 
     def update_stream_config(self, name: str, config: dict[str, Any]) -> None:
-        self._exec(
-            "UPDATE streams SET config=? WHERE name=?", (orjson.dumps(config).decode(), name)
-        )
+        self._exec("UPDATE streams SET config=? WHERE name=?", (orjson.dumps(config).decode(), name))
 
     def get_stream(self, name: str) -> dict[str, Any]:
         row = self._exec(
@@ -269,9 +267,7 @@ class Store:
         return row is not None
 
     def prune_deliveries(self, older_than_secs: float) -> int:
-        cur = self._exec(
-            "DELETE FROM deliveries WHERE delivered_at < ?", (time.time() - older_than_secs,)
-        )
+        cur = self._exec("DELETE FROM deliveries WHERE delivered_at < ?", (time.time() - older_than_secs,))
         return cur.rowcount
 
     # -- dead letters ------------------------------------------------------------
@@ -289,9 +285,7 @@ class Store:
             except sqlite3.Error as exc:
                 raise StateError(f"cannot record dead letters: {exc}") from exc
 
-    def list_dead_letters(
-        self, stream: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    def list_dead_letters(self, stream: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = (
             "SELECT id, stream, endpoint, event_id, seq, table_name, operation, error, attempts, "
             "first_attempt_at, last_attempt_at FROM dead_letters"
@@ -314,9 +308,7 @@ class Store:
             "first_attempt_at",
             "last_attempt_at",
         ]
-        return [
-            dict(zip(cols, r, strict=True)) for r in self._exec(sql, (*params, limit)).fetchall()
-        ]
+        return [dict(zip(cols, r, strict=True)) for r in self._exec(sql, (*params, limit)).fetchall()]
 
     def get_dead_letter(self, dl_id: int) -> dict[str, Any] | None:
         row = self._exec(
@@ -343,14 +335,10 @@ class Store:
         ]
         return dict(zip(cols, row, strict=True))
 
-    def delete_dead_letters(
-        self, ids: Sequence[int] | None = None, stream: str | None = None
-    ) -> int:
+    def delete_dead_letters(self, ids: Sequence[int] | None = None, stream: str | None = None) -> int:
         if ids is not None:
             with self._lock:
-                cur = self._db.executemany(
-                    "DELETE FROM dead_letters WHERE id=?", [(i,) for i in ids]
-                )
+                cur = self._db.executemany("DELETE FROM dead_letters WHERE id=?", [(i,) for i in ids])
                 return cur.rowcount
         if stream:
             return self._exec("DELETE FROM dead_letters WHERE stream=?", (stream,)).rowcount
@@ -359,9 +347,7 @@ class Store:
     def count_dead_letters(self, stream: str | None = None) -> int:
         if stream:
             return int(
-                self._exec(
-                    "SELECT count(*) FROM dead_letters WHERE stream=?", (stream,)
-                ).fetchone()[0]
+                self._exec("SELECT count(*) FROM dead_letters WHERE stream=?", (stream,)).fetchone()[0]
             )
         return int(self._exec("SELECT count(*) FROM dead_letters").fetchone()[0])
 
