@@ -121,6 +121,9 @@ class StreamRunner:
         self.predicate = predicate
         self.transform = transform
         self.needs_event = needs_event or predicate is not None or transform is not None
+        # a destination that keeps its own exactly-once position (Kafka transactions) or
+        # one that is only in memory needs no delivery records
+        self.record_deliveries = exactly_once.enabled and not getattr(sink, "tracks_position", False)
         self.checkpoint_interval = checkpoint_interval
         self.poll_interval = poll_interval
         self.max_inflight = max_inflight
@@ -165,7 +168,7 @@ class StreamRunner:
             if seq is not None and seq > cursor:
                 log.info("stream %s: destination holds events through %d; resuming there", self.name, seq)
                 self.cursor = self._saved_cursor = self._last_read = seq
-        if self.exactly_once.enabled:
+        if self.record_deliveries:
             self._skip_ids = await asyncio.to_thread(self.store.delivered_after, self.endpoint, self.cursor)
         self._stop.clear()
         self._lanes = [asyncio.Queue() for _ in range(max(1, self.sink.lanes))]
@@ -438,7 +441,7 @@ class StreamRunner:
             for ev, res in zip(todo, results, strict=True):
                 if res.outcome is Outcome.DELIVERED:
                     n_ok += 1
-                    if self.exactly_once.enabled:
+                    if self.record_deliveries:
                         self._delivered_buf.append((self.endpoint, ev.event_id, ev.sequence, now))
                     if ev.commit_ts_us:
                         lat = now - ev.commit_ts_us / 1_000_000

@@ -122,6 +122,9 @@ class KafkaSink:
         self.stream_name = stream_name
         self.topic: str = destination.topic
         self.transactional = bool(opts.pop("transactional", transactional))
+        # a transactional producer commits its position with the messages: the
+        # runner needs no delivery records for it
+        self.tracks_position = self.transactional
         self.name = name or f"kafka:{self.topic}"
         self.lanes = 1
         self.max_batch = int(opts.pop("max_batch", max_batch))

@@ -24,6 +24,7 @@ class MemorySink:
         self._decide = decide
         self.changed = asyncio.Event()
         self.closed = False
+        self.tracks_position = True  # nothing to de-duplicate: no delivery records
 
     async def start(self) -> None:
         self.closed = False
