@@ -37,7 +37,7 @@ class _Model(BaseModel):
 class RetryConfig(_Model):
     """Exponential backoff: attempt 1 immediate, then initial_delay_ms * multiplier**n (+ jitter)."""
 
-    max_attempts: int = Field(3, ge=1, le=1000)
+    max_attempts: int = Field(3, ge=1, le=1_000_000)
     initial_delay_ms: int = Field(100, ge=0)
     max_delay_ms: int = Field(30000, ge=0)
     multiplier: float = Field(2.0, ge=1.0)

@@ -192,7 +192,13 @@ class Capture:
         default = _json_default
         conn = cur.connection
         while not self._stop.is_set():
-            if self.log.size_bytes > self.max_log_bytes:
+            # pause only between transactions: the log rolls and is trimmed at their ends,
+            # so pausing inside one could never free space (the limit is soft by one txn)
+            if self.log.size_bytes > self.max_log_bytes and not decoder.in_transaction:
+                if order:
+                    self._flush(cur, events, commits, order, per_table)
+                    events, commits, order, per_table = [], [], [], {}
+                    first_at = 0.0
                 self._backpressure(cur)
                 continue
             msg = cur.read_message()
