@@ -207,3 +207,42 @@ async def test_unreachable_database_retries_without_crashing(tmp_path: Path) -> 
         pass
     if server.store is not None:
         server.store.close()
+
+
+async def test_dlq_cli_list_replay_purge(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from heliosdb_cdc._embedded import free_port
+
+    setup_table(pg_db)
+    receiver.respond = lambda req: 410
+    port = free_port()
+    cfg = make_config(pg_db, tmp_path, webhook={"bind_address": f"127.0.0.1:{port}"})
+    server_url = f"http://127.0.0.1:{port}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "heliosdb_cdc.cli", "dlq", "--server", server_url, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    async with WebhookServer(cfg) as server:
+        name = await server.register(WebhookRegistration(url=receiver.url, secret=SECRET, tables=["orders"]))
+        pg_db.execute("INSERT INTO orders (total) VALUES (1), (2), (3)")
+        assert server.store is not None
+        await wait_until(lambda: server.store.count_dead_letters(name) == 3)  # type: ignore[union-attr]
+        out = await asyncio.to_thread(cli, "list")
+        assert out.returncode == 0 and "HTTP 410" in out.stdout and "(3 rows)" in out.stdout
+        first = server.store.list_dead_letters(name)[0]["id"]
+        out = await asyncio.to_thread(cli, "show", str(first))
+        assert "event_id" in out.stdout
+        receiver.respond = None
+        out = await asyncio.to_thread(cli, "replay", "--id", str(first))
+        assert "replayed 1" in out.stdout
+        out = await asyncio.to_thread(cli, "purge")
+        assert "purged 2" in out.stdout
+        assert server.store.count_dead_letters() == 0
+    assert [e["value"]["total"] for e in receiver.events] == [1]
