@@ -149,12 +149,15 @@ def test_jsonpath_extended_syntax() -> None:
         "$.operation",
         "$.key.id.deeper",
         "$",
+        "$.value.len",
+        "$.value.this",
+        "$.value.parent",
     ],
 )
 def test_jsonpath_fast_path_agrees_with_jsonpath_ng(expr: str) -> None:
     ev = {
         **SAMPLE_EVENT,
-        "value": {**SAMPLE_EVENT["value"], "tags": ["x", "y"]},
+        "value": {**SAMPLE_EVENT["value"], "tags": ["x", "y"], "len": 1, "this": 2, "parent": 3},
         "old_value": None,
     }
     matches = [m.value for m in jsonpath_parse(expr).find(ev)]

@@ -295,8 +295,6 @@ def _simple_path(expr: str) -> tuple[str | int, ...] | None:
     steps: list[str | int] = []
     for s in _STEP.finditer(m.group(1)):
         if s.group(1) is not None:
-            if s.group(1) in ("id", "this", "parent", "len", "sorted", "keys", "str"):
-                return None  # names with a meaning in jsonpath-ng: leave them to it
             steps.append(s.group(1))
         elif s.group(2) is not None:
             steps.append(int(s.group(2)))
