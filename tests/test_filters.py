@@ -352,3 +352,27 @@ def test_builder_with_table_columns() -> None:
 def test_empty_column_list() -> None:
     with pytest.raises(FilterError, match="is empty"):
         compile_filter(FilterConfig(columns={"orders": []}))
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_every_yaml_example_in_the_docs_compiles() -> None:
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "filtering.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        assert filters_from_yaml(block)
+
+
+def test_guide_yaml_matches_the_docs() -> None:
+    import pathlib
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "filtering.md").read_text()
+    for text in (GUIDE_COLUMNS, GUIDE_PREDICATE, GUIDE_BEST_PRACTICE):
+        assert yaml.safe_load(text) == yaml.safe_load(
+            next(b for b in doc.split("```yaml\n")[1:] if text.strip().split("\n")[0] in b).split("```")[0]
+        )

@@ -353,3 +353,22 @@ def test_registry_duplicate_target() -> None:
     b = TransformationConfig(name="b", target="s", jsonpath={"id": "$.key.id"})
     with pytest.raises(FilterError, match="'a' and 'b' both target 's'"):
         TransformRegistry([a, b])
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_every_yaml_example_in_the_docs_compiles_and_renders_json() -> None:
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "transformations.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        for t in load(block):
+            for ev in (
+                SAMPLE_EVENT,
+                {**SAMPLE_EVENT, "operation": "UPDATE", "old_value": {"status": "new"}},
+            ):
+                json.loads(t.apply(ev))
