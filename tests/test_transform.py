@@ -323,6 +323,12 @@ def test_control_characters_in_template() -> None:
         tpl('{"a": "\x00"}')
 
 
+def test_underscore_columns_are_reachable() -> None:
+    t = tpl('{"a": "{{ value._legacy }}", "b": "{{ value[\'_x\'] }}"}')
+    ev = {**SAMPLE_EVENT, "value": {"_legacy": 1, "_x": 2}}
+    assert decode(t.apply(ev)) == {"a": "1", "b": "2"}
+
+
 def test_apply_is_callable() -> None:
     t = tpl('{"op": "{{ operation }}"}')
     assert t(SAMPLE_EVENT) == t.apply(SAMPLE_EVENT) == b'{"op": "INSERT"}'

@@ -798,9 +798,7 @@ def _parse(sql: str) -> exp.Expression:
         if errs:
             e = errs[0]
             near = (e.get("highlight") or "").strip()
-            desc = re.sub(
-                r"<class 'sqlglot\.[\w.]*?(\w+)'>", r"\1", str(e.get("description"))
-            )
+            desc = re.sub(r"<class 'sqlglot\.[\w.]*?(\w+)'>", r"\1", str(e.get("description")))
             msg = (
                 f"cannot parse predicate {sql!r}: {desc}"
                 f" near {near!r} at line {e.get('line')}, column {e.get('col')}"

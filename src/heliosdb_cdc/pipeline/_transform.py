@@ -207,7 +207,7 @@ def _unsafe_attribute(tree: nodes.Template) -> str | None:
         attr: Any = node.attr if isinstance(node, nodes.Getattr) else None
         if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
             attr = node.arg.value
-        if isinstance(attr, str) and attr.startswith("_"):
+        if isinstance(attr, str) and attr.startswith("__"):
             return attr
     return None
 
