@@ -185,6 +185,9 @@ def parse_tuple(buf: bytes, pos: int) -> tuple[list[object], int]:
         if kind == 0x74:  # 't' text
             (length,) = unpack_len(buf, pos)
             pos += 4
+            # fix: a slice past the end (or a negative length) silently gave a short value
+            if length < 0 or pos + length > len(buf):
+                raise DecodeError("tuple column value truncated", offset=pos - 4)
             append(buf[pos : pos + length].decode("utf-8"))
             pos += length
         elif kind == 0x6E:  # 'n' null
@@ -194,6 +197,8 @@ def parse_tuple(buf: bytes, pos: int) -> tuple[list[object], int]:
         elif kind == 0x62:  # 'b' binary
             (length,) = unpack_len(buf, pos)
             pos += 4
+            if length < 0 or pos + length > len(buf):  # fix: as for 't' above
+                raise DecodeError("tuple column value truncated", offset=pos - 4)
             append(bytes(buf[pos : pos + length]))
             pos += length
         else:
