@@ -13,7 +13,7 @@ See docs/filtering.md for the semantics; in short:
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._config import FilterConfig
@@ -90,7 +90,16 @@ class CompiledFilter:
     * ``f(event)`` = ``f.applies_to(event["table"]) and f.matches(event)``.
     """
 
-    __slots__ = ("_col_matchers", "_columns", "_ops", "applies_to", "config", "name", "predicate")
+    __slots__ = (
+        "_col_matchers",
+        "_columns",
+        "_ops",
+        "applies_to",
+        "config",
+        "name",
+        "predicate",
+        "table_only",
+    )
 
     def __init__(self, config: FilterConfig, predicate: Predicate | None) -> None:
         self.config = config
@@ -107,6 +116,8 @@ class CompiledFilter:
                     f"filter {config.name!r}: columns for table {table!r} is empty", filter=self.name
                 )
             self._col_matchers.append((TableMatcher([table]), tuple(cols)))
+        #: no operation, column or predicate condition: only ``tables`` matters
+        self.table_only = not self._ops and not self._col_matchers and predicate is None
 
     # -- column filter
 
@@ -301,21 +312,28 @@ class FilterChain:
                 f = f.build()
             out.append(f)
         self.filters: tuple[CompiledFilter, ...] = tuple(out)
-        self._by_table: dict[str, tuple[CompiledFilter, ...]] = {}
+        self._by_table: dict[str, tuple[Callable[[Mapping[str, Any]], bool], ...]] = {}
 
     def for_table(self, table: str) -> tuple[CompiledFilter, ...]:
-        fs = self._by_table.get(table)
-        if fs is None:
-            fs = tuple(f for f in self.filters if f.applies_to(table))
-            if len(self._by_table) < _CACHE_LIMIT:
-                self._by_table[table] = fs
-        return fs
+        """The filters that apply to ``table``."""
+        return tuple(f for f in self.filters if f.applies_to(table))
+
+    def _checks(self, table: str) -> tuple[Callable[[Mapping[str, Any]], bool], ...]:
+        # filters with only a table condition always pass the events they apply to
+        checks = tuple(f.matches for f in self.for_table(table) if not f.table_only)
+        if len(self._by_table) < _CACHE_LIMIT:
+            self._by_table[table] = checks
+        return checks
 
     def passes(self, event: Mapping[str, Any]) -> bool:
-        fs = self._by_table.get(event.get("table", ""))
-        if fs is None:
-            fs = self.for_table(event.get("table", ""))
-        return all(f.matches(event) for f in fs)
+        table = event.get("table", "")
+        checks = self._by_table.get(table)
+        if checks is None:
+            checks = self._checks(table)
+        for check in checks:  # noqa: SIM110 (a loop is faster than all() over a generator)
+            if not check(event):
+                return False
+        return True
 
     __call__ = passes
 
