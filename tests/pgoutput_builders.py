@@ -88,7 +88,9 @@ def relation(
     out = [b"R", _xid(xid), struct.pack("!I", oid), _cstr(namespace), _cstr(name)]
     out.append(replica_identity.encode("ascii") + struct.pack("!h", len(cols)))
     for cname, type_oid, typmod, is_key in cols:
-        out.append(struct.pack("!b", 1 if is_key else 0) + _cstr(cname) + struct.pack("!Ii", type_oid, typmod))
+        out.append(
+            struct.pack("!b", 1 if is_key else 0) + _cstr(cname) + struct.pack("!Ii", type_oid, typmod)
+        )
     return b"".join(out)
 
 
