@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonpath_ng.ext import parse as jsonpath_parse
 
 from heliosdb_cdc._config import TransformationConfig
@@ -18,6 +20,7 @@ from heliosdb_cdc.pipeline import (
     TransformRegistry,
     compile_transformation,
 )
+from heliosdb_cdc.pipeline._transform import _dumps as dumps
 
 GUIDE_TEMPLATE = r"""
 transformations:
@@ -378,3 +381,48 @@ def test_every_yaml_example_in_the_docs_compiles_and_renders_json() -> None:
                 {**SAMPLE_EVENT, "operation": "UPDATE", "old_value": {"status": "new"}},
             ):
                 json.loads(t.apply(ev))
+
+
+# --------------------------------------------------------------------------- properties
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.text(),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(table=st.text(), key=st.dictionaries(st.text(max_size=5), json_values, max_size=3))
+def test_guide_slack_template_is_json_for_any_values(table: str, key: dict[str, Any]) -> None:
+    (t,) = load(GUIDE_TEMPLATE)
+    out = decode(t.apply({**SAMPLE_EVENT, "table": table, "key": key}))
+    assert out["text"] == f"New INSERT on {table}"
+    text = out["blocks"][0]["text"]["text"]
+    assert decode(text.split("\nKey: ", 1)[1].encode()) == decode(dumps(key))
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=json_values)
+def test_values_outside_strings_are_json_literals(v: Any) -> None:
+    t = tpl('{"v": {{ value.v if value.v is not string else value.v | tojson }}}')
+    assert decode(t.apply({**SAMPLE_EVENT, "value": {"v": v}}))["v"] == decode(dumps(v))
+
+
+def test_integers_beyond_64_bits() -> None:
+    big = 2**70
+    (t,) = load(GUIDE_JSONPATH)
+    assert decode(t.apply({**SAMPLE_EVENT, "key": {"id": big}}))["order_id"] == big
+    out = tpl('{"a": {{ key.id }}, "b": {{ key | tojson }}, "c": "{{ key }}"}').apply(
+        {**SAMPLE_EVENT, "key": {"id": -big}}
+    )
+    assert decode(out) == {"a": -big, "b": {"id": -big}, "c": f'{{"id":{-big}}}'}

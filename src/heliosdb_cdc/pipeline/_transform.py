@@ -69,6 +69,25 @@ _SAMPLES: tuple[dict[str, Any], ...] = (
 )
 
 
+def _widen(obj: Any) -> Any:
+    """Integers beyond 64 bits as Decimal (orjson refuses them as int; Decimal keeps digits)."""
+    if type(obj) is int and not -(2**63) <= obj < 2**64:
+        return Decimal(obj)
+    if isinstance(obj, dict):
+        return {k: _widen(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_widen(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any) -> bytes:
+    """:func:`heliosdb_cdc._event.dumps`, also for integers beyond 64 bits (numeric columns)."""
+    try:
+        return dumps(obj)
+    except TypeError:
+        return dumps(_widen(obj))
+
+
 class Transformation:
     """``apply(event) -> bytes``: the JSON body to send to ``target``."""
 
@@ -123,7 +142,7 @@ def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if value is None or isinstance(value, (bool, int, float, Decimal, dict, list, tuple)):
-        return dumps(value).decode()
+        return _dumps(value).decode()
     if isinstance(value, jinja2.Undefined):
         return str(value)  # StrictUndefined raises here
     return str(value)
@@ -136,8 +155,10 @@ def _finalize(value: Any) -> str:
 
 def _tojson(value: Any, indent: int | None = None) -> _RawJSON:
     if indent:
-        return _RawJSON(orjson.dumps(value, default=_json_default, option=orjson.OPT_INDENT_2).decode())
-    return _RawJSON(dumps(value).decode())
+        return _RawJSON(
+            orjson.dumps(_widen(value), default=_json_default, option=orjson.OPT_INDENT_2).decode()
+        )
+    return _RawJSON(_dumps(value).decode())
 
 
 def _in_string_after(text: str, in_str: bool) -> bool:
@@ -185,7 +206,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=False,
     )
     env.filters["tojson"] = _tojson
-    env.policies["json.dumps_function"] = lambda obj, **kw: dumps(obj).decode()
+    env.policies["json.dumps_function"] = lambda obj, **kw: _dumps(obj).decode()
     return env
 
 
@@ -364,7 +385,7 @@ def _compile_jsonpath(cfg: TransformationConfig) -> Callable[[Mapping[str, Any]]
 
     def apply(event: Mapping[str, Any]) -> bytes:
         doc = event if isinstance(event, dict) else dict(event)
-        return dumps({field: get(doc) for field, get in fields})
+        return _dumps({field: get(doc) for field, get in fields})
 
     return apply
 
