@@ -265,6 +265,9 @@ class ChangeDecoder:
                     (length,) = unpack_len(buf, pos)
                     pos += 4
                     end = pos + length
+                    # fix: a slice past the end silently gave a short value
+                    if length < 0 or end > len(buf):
+                        raise DecodeError("tuple column value truncated", offset=pos - 4)
                     row[names[i]] = convs[i](buf[pos:end].decode())
                     pos = end
                 elif kind == 0x6E:  # 'n'
@@ -272,6 +275,8 @@ class ChangeDecoder:
                 elif kind == 0x62:  # 'b'
                     (length,) = unpack_len(buf, pos)
                     pos += 4
+                    if length < 0 or pos + length > len(buf):  # fix: as for 't' above
+                        raise DecodeError("tuple column value truncated", offset=pos - 4)
                     row[names[i]] = bytes(buf[pos : pos + length])
                     pos += length
                 elif kind != 0x75:  # 'u' cannot occur in an insert; tolerate it
