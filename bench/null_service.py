@@ -1,0 +1,116 @@
+"""Scenario 2: WAL -> events -> memory sink, the service in-process (in this process).
+
+    python bench/null_service.py DSN STATE_DIR STATUS_FILE
+
+Runs :class:`WebhookServer` with one stream whose destination is
+``type: memory`` on ``bench_events``, and wraps that sink's ``send`` (from
+here, not in the package) to record the count and the time of the latest
+acknowledged event. Writes ``{"count", "first_recv", "last_recv", "rss_hwm_kb"}``
+to STATUS_FILE every 0.1 s; exits on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from heliosdb_cdc import Config, WebhookServer
+from heliosdb_cdc._embedded import free_port
+
+STREAM = "bench_null"
+
+
+def make_config(dsn: str, state_dir: str) -> Config:
+    return Config.model_validate(
+        {
+            "state_dir": state_dir,
+            "source": {"dsn": dsn, "slot": "bench_null", "publication": "bench_null"},
+            "webhook": {"bind_address": f"127.0.0.1:{free_port()}"},
+            "streams": [
+                {
+                    "name": STREAM,
+                    "tables": ["bench_events"],
+                    "destination": {"type": "memory", "address": "null"},
+                }
+            ],
+            "logging": {"level": "WARNING"},
+        }
+    )
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+
+    def wrap(self, sink: Any) -> None:
+        orig = sink.send
+
+        async def send(batch: Any) -> Any:
+            res = await orig(batch)
+            sink.received.clear()  # a null sink: keep nothing
+            now = time.time()
+            self.count += len(batch)
+            self.last = now
+            if not self.first:
+                self.first = now
+            return res
+
+        sink.send = send
+
+
+def rss_hwm_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def serve(dsn: str, state_dir: str, status_file: str, stop: asyncio.Event) -> None:
+    counter = Counter()
+    server = WebhookServer(make_config(dsn, state_dir))
+    await server.start(serve_http=False)
+    counter.wrap(server.runners[STREAM].sink)
+    tmp = status_file + ".tmp"
+    try:
+        while not stop.is_set():
+            with open(tmp, "w") as f:
+                json.dump(
+                    {
+                        "count": counter.count,
+                        "first_recv": counter.first,
+                        "last_recv": counter.last,
+                        "rss_hwm_kb": rss_hwm_kb(),
+                        "ready": True,
+                    },
+                    f,
+                )
+            os.replace(tmp, status_file)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1)
+            except TimeoutError:
+                pass
+    finally:
+        await server.stop()
+
+
+def main() -> None:
+    dsn, state_dir, status_file = sys.argv[1:4]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await serve(dsn, state_dir, status_file, stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Benchmark webhook receiver, run as its own process (its own GIL, its own core).
+
+    python bench/receiver.py --port 8123 [--status 200] [--latency]
+
+``POST /hook`` (any path not starting with ``/_``) records the receipt time and
+the number of events in the request: the ``X-HeliosDB-Event-Count`` header when
+present, else 1 for a JSON object or the length of a JSON array. With
+``--latency`` (or ``POST /_mode?latency=1``) every event is parsed and the
+commit->receipt latency is taken from its commit time: heliosdb-cdc's
+``timestamp`` field (ISO 8601, microseconds), Debezium's ``source.ts_ms``,
+pgstream's ``commit_timestamp``/``timestamp`` when present.
+
+Control (JSON): ``GET /_stats``, ``POST /_reset``, ``POST /_mode?status=503``
+(answer every delivery with that status: a dead endpoint), ``POST
+/_mode?status=200`` (recover). Signatures are not verified here: the tests do
+that; the benchmark measures the service, not the receiver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+class State:
+    def __init__(self, status: int, latency: bool) -> None:
+        self.status = status
+        self.latency = latency
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.requests = 0
+        self.refused = 0
+        self.first_recv = 0.0
+        self.last_recv = 0.0
+        self.latencies: list[float] = []
+        self.min_commit = 0.0
+        self.bytes = 0
+
+
+def _commit_time(ev: Any) -> float | None:
+    if not isinstance(ev, dict):
+        return None
+    ts = ev.get("timestamp")
+    if isinstance(ts, str) and "T" in ts:
+        try:
+            return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    src = ev.get("source")
+    if isinstance(src, dict) and isinstance(src.get("ts_ms"), (int, float)):
+        # Debezium: ts_us when present (2.x adds it), else milliseconds
+        if isinstance(src.get("ts_us"), int):
+            return float(src["ts_us"]) / 1e6
+        return float(src["ts_ms"]) / 1000.0
+    payload = ev.get("payload")
+    if isinstance(payload, dict):
+        return _commit_time(payload)
+    for k in ("commit_timestamp", "commit_time"):
+        v = ev.get(k)
+        if isinstance(v, str):
+            try:
+                return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                return None
+    return None
+
+
+def build_app(state: State) -> web.Application:
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        now = time.time()
+        if state.status != 200:
+            state.refused += 1
+            return web.Response(status=state.status)
+        header = request.headers.get("X-HeliosDB-Event-Count")
+        events: list[Any] | None = None
+        if state.latency or (header is None and body[:1] == b"["):
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                data = None
+            events = data if isinstance(data, list) else [data]
+        n = int(header) if header else (len(events) if events is not None else 1)
+        if state.first_recv == 0.0:
+            state.first_recv = now
+        state.last_recv = now
+        state.count += n
+        state.requests += 1
+        state.bytes += len(body)
+        if state.latency and events is not None:
+            for ev in events:
+                ct = _commit_time(ev)
+                if ct is not None:
+                    state.latencies.append(now - ct)
+                    if not state.min_commit or ct < state.min_commit:
+                        state.min_commit = ct
+        return web.Response(status=200)
+
+    async def stats(request: web.Request) -> web.Response:
+        out: dict[str, Any] = {
+            "count": state.count,
+            "requests": state.requests,
+            "refused": state.refused,
+            "first_recv": state.first_recv,
+            "last_recv": state.last_recv,
+            "bytes": state.bytes,
+            "status": state.status,
+            "min_commit": state.min_commit,
+        }
+        lat = sorted(state.latencies)
+        if lat:
+
+            def pct(p: float) -> float:
+                return round(lat[min(len(lat) - 1, int(len(lat) * p))] * 1000, 2)
+
+            out["latency_ms"] = {
+                "n": len(lat),
+                "p50": pct(0.50),
+                "p99": pct(0.99),
+                "p999": pct(0.999),
+                "max": round(lat[-1] * 1000, 2),
+            }
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+    async def reset(request: web.Request) -> web.Response:
+        state.reset()
+        return web.Response(text="ok")
+
+    async def mode(request: web.Request) -> web.Response:
+        if "status" in request.query:
+            state.status = int(request.query["status"])
+        if "latency" in request.query:
+            state.latency = request.query["latency"] not in ("0", "false", "")
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/_stats", stats)
+    app.router.add_post("/_reset", reset)
+    app.router.add_post("/_mode", mode)
+    app.router.add_route("*", "/{tail:(?!_).*}", hook)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--status", type=int, default=200)
+    p.add_argument("--latency", action="store_true")
+    a = p.parse_args()
+    web.run_app(
+        build_app(State(a.status, a.latency)),
+        host="127.0.0.1",
+        port=a.port,
+        access_log=None,
+        print=None,
+        backlog=1024,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,752 @@
+"""heliosdb-cdc benchmark suite: one command, its own PostgreSQL, receivers and brokers.
+
+    python bench/run.py [--quick] [--scenarios raw,null,...] [--workloads bulk,oltp] [--json out.json]
+
+Scenarios (see BENCHMARKS.md):
+
+  raw            bare pgoutput consumer (psycopg2, decode=False): the denominator
+  null           WAL -> events -> memory sink, service in-process (bench/null_service.py)
+  webhook1       service subprocess -> one event per POST -> receiver process
+  webhook_batch  same with webhook.batch_size: 100 (a JSON array per POST)
+  latency        fixed rates (1,000/s; and 5,000/s without --quick): commit->receipt p50/p99/p999
+  backlog        N changes behind a dead endpoint (503), then recovery: peak RSS, drain rate
+  kafka          WAL -> Kafka (JSON), acknowledged (when a broker can be started here)
+  debezium       Debezium Server 2.7.3 (HTTP sink) on the webhook1 workload + latency at 1,000/s
+  pgstream       pgstream (webhook target), same, when installable
+
+Throughput = changes / (receipt of the last change - commit time of the first), commit
+times from PostgreSQL (track_commit_timestamp), receipt times from the consumer.
+Ratios are to ``raw`` on the same workload in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import workload as wl  # noqa: E402
+
+from heliosdb_cdc._embedded import EmbeddedPostgres, free_port  # noqa: E402
+
+CACHE = Path(os.environ.get("HELIOSDB_CDC_BENCH_CACHE", Path.home() / ".cache" / "heliosdb-cdc-bench"))
+ALL = ["raw", "null", "webhook1", "webhook_batch", "latency", "backlog", "kafka", "debezium", "pgstream"]
+THROUGHPUT = ["raw", "null", "webhook1", "webhook_batch", "kafka", "debezium", "pgstream"]
+SECRET = "bench-secret"
+INSTALL_TIMEOUT = 300
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- processes ------------------------------------------------------------------------------------
+def spawn(cmd: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    f = open(log_path, "ab")
+    return subprocess.Popen(
+        cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+        env={**os.environ, **(env or {})}, start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """Peak resident set (VmHWM) of a process, kB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_json(url: str, method: str = "GET", timeout: float = 5) -> Any:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        body = r.read()
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode()
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Receiver:
+    """bench/receiver.py in its own process."""
+
+    def __init__(self, workdir: Path, status: int = 200, latency: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, str(BENCH / "receiver.py"), "--port", str(self.port), "--status", str(status)]
+        if latency:
+            cmd.append("--latency")
+        self.proc = spawn(cmd, workdir / f"receiver-{self.port}.log")
+
+        def up() -> bool:
+            try:
+                http_json(self.base + "/_stats", timeout=1)
+                return True
+            except OSError:
+                return False
+
+        wait_until(up, 30, "the receiver")
+
+    def stats(self) -> dict[str, Any]:
+        return http_json(self.base + "/_stats")
+
+    def mode(self, **kw: Any) -> None:
+        q = "&".join(f"{k}={v}" for k, v in kw.items())
+        http_json(f"{self.base}/_mode?{q}", "POST")
+
+    def wait_count(self, n: int, timeout: float) -> dict[str, Any]:
+        return wait_until(lambda: (s := self.stats())["count"] >= n and s, timeout, f"{n} events at the receiver", 0.1)
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+# -- the benchmark --------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.workdir = Path(tempfile.mkdtemp(prefix="heliosdb-bench-"))
+        os.chmod(self.workdir, 0o755)
+        self.n_bulk = args.changes or (50_000 if self.quick else 200_000)
+        self.n_oltp = args.oltp_changes or (20_000 if self.quick else 100_000)
+        self.n_backlog = args.backlog_changes or (50_000 if self.quick else 200_000)
+        self.latency_secs = 10 if self.quick else 20
+        self.rates = [1000] if self.quick else [1000, 5000]
+        self.pg = EmbeddedPostgres(
+            self.workdir / "pg",
+            extra_settings={
+                "track_commit_timestamp": "on",
+                "max_wal_size": "4GB",
+                "checkpoint_timeout": "30min",
+                "max_connections": "200",
+            },
+        )
+        self.results: list[dict[str, Any]] = []
+        self.settings: dict[str, str] = {}
+        self.timeout = 900.0
+
+    # -- PostgreSQL --------------------------------------------------------------------------------
+    @property
+    def dsn(self) -> str:
+        return self.pg.dsn
+
+    def sql(self, q: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(q, args)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def start_pg(self) -> None:
+        self.pg.start()
+        for name in ("server_version", "fsync", "synchronous_commit", "wal_level", "shared_buffers",
+                     "track_commit_timestamp", "logical_decoding_work_mem"):  # fmt: skip
+            self.settings[name] = str(self.sql(f"SHOW {name}")[0][0])
+        wl.create_table(self.dsn)
+        log(f"PostgreSQL {self.settings['server_version']} on {self.dsn}, fsync={self.settings['fsync']}, "
+            f"synchronous_commit={self.settings['synchronous_commit']}")  # fmt: skip
+
+    def slot_active(self, slot: str) -> bool:
+        return bool(self.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name=%s AND active", (slot,)))
+
+    def drop_slots(self) -> None:
+        wait_until(lambda: not self.sql("SELECT 1 FROM pg_replication_slots WHERE active"), 30, "slots to go idle")
+        self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+
+    def prepare(self) -> None:
+        """Before a scenario: no slot, an empty table."""
+        self.drop_slots()
+        wl.reset_table(self.dsn)
+        self.sql("CHECKPOINT")
+
+    def write(self, workload: str, n: int) -> dict[str, Any]:
+        if workload == "bulk":
+            w = wl.run_bulk(self.dsn, n)
+        else:
+            w = wl.run_oltp(self.pg.bindir, self.dsn, n)
+        total = wl.count_rows(self.dsn)
+        first, last = wl.commit_span(self.dsn)
+        return {**w, "changes": total, "first_commit": first, "last_commit": last}
+
+    def n_for(self, workload: str) -> int:
+        return self.n_bulk if workload == "bulk" else self.n_oltp
+
+    def measure(self, workload: str, progress: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Write the workload, wait for the consumer to have all of it, compute the rate."""
+        w = self.write(workload, self.n_for(workload))
+        n = w["changes"]
+        st = wait_until(lambda: (s := progress()).get("count", 0) >= n and s, self.timeout, f"{n} changes", 0.1)
+        secs = st["last_recv"] - w["first_commit"]
+        return {
+            "changes": n,
+            "secs": round(secs, 3),
+            "rate": round(n / secs, 1),
+            "write_rate": round(n / w["write_secs"], 1),
+            "tail_ms": round((st["last_recv"] - w["last_commit"]) * 1000, 1),
+            "count_seen": st["count"],
+        }
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.results.append(row)
+        shown = {k: v for k, v in row.items() if k not in ("scenario", "workload")}
+        log(f"{row['scenario']:<14} {row.get('workload', ''):<6} {shown}")
+
+    # -- scenarios -------------------------------------------------------------------------------------
+    def sc_raw(self, workload: str) -> None:
+        self.prepare()
+        self.sql("DROP PUBLICATION IF EXISTS bench_raw")
+        self.sql(f"CREATE PUBLICATION bench_raw FOR TABLE {wl.TABLE}")
+        self.sql("SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')")
+        status = self.workdir / "raw.status"
+        status.unlink(missing_ok=True)
+        proc = spawn([sys.executable, str(BENCH / "raw_consumer.py"), self.dsn, "bench_raw", "bench_raw", str(status)],
+                     self.workdir / "raw.log")  # fmt: skip
+        try:
+            wait_until(lambda: read_status(status).get("ready") and self.slot_active("bench_raw"), 30, "raw consumer")
+            m = self.measure(workload, lambda: read_status(status))
+        finally:
+            stop(proc)
+        self.add({"scenario": "raw", "workload": workload, **m})
+
+    def sc_null(self, workload: str) -> None:
+        self.prepare()
+        status = self.workdir / "null.status"
+        status.unlink(missing_ok=True)
+        state = self.workdir / f"null-{workload}"
+        shutil.rmtree(state, ignore_errors=True)
+        proc = spawn([sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)],
+                     self.workdir / "null.log")  # fmt: skip
+        try:
+            wait_until(lambda: read_status(status).get("ready") and self.slot_active("bench_null"), 60, "null service")
+            m = self.measure(workload, lambda: read_status(status))
+            m["peak_rss_mb"] = round(read_status(status).get("rss_hwm_kb", 0) / 1024, 1)
+        finally:
+            stop(proc)
+        self.add({"scenario": "null", "workload": workload, **m})
+
+    def service_config(self, name: str, url: str, webhook: dict[str, Any] | None = None,
+                       streams: list[dict[str, Any]] | None = None) -> tuple[Path, str]:  # fmt: skip
+        port = free_port()
+        state = self.workdir / f"svc-{name}"
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True)
+        cfg: dict[str, Any] = {
+            "state_dir": str(state / "state"),
+            "source": {"dsn": self.dsn, "slot": "bench_svc", "publication": "bench_svc"},
+            "webhook": {"bind_address": f"127.0.0.1:{port}", **(webhook or {})},
+            "logging": {"level": "WARNING"},
+        }
+        if streams is not None:
+            cfg["streams"] = streams
+        else:
+            cfg["webhooks"] = [{"url": url, "secret": SECRET, "tables": [wl.TABLE]}]
+        path = state / "heliosdb-cdc.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path, f"http://127.0.0.1:{port}"
+
+    def start_service(self, cfg: Path, api: str) -> subprocess.Popen[bytes]:
+        exe = shutil.which("heliosdb-cdc")
+        cmd = [exe, "run", "-c", str(cfg)] if exe else [sys.executable, "-m", "heliosdb_cdc.cli", "run", "-c", str(cfg)]
+        proc = spawn(cmd, cfg.parent / "service.log")
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"service exited with {proc.returncode}: {(cfg.parent / 'service.log').read_text()[-1500:]}")
+            try:
+                http_json(api + "/health", timeout=1)
+            except OSError:
+                return False
+            return self.slot_active("bench_svc")
+
+        wait_until(healthy, 60, "the service")
+        return proc
+
+    def sc_webhook(self, workload: str, batch: int) -> None:
+        self.prepare()
+        name = "webhook1" if batch == 1 else "webhook_batch"
+        rec = Receiver(self.workdir)
+        proc = None
+        try:
+            cfg, api = self.service_config(f"{name}-{workload}", rec.url, {"batch_size": batch})
+            proc = self.start_service(cfg, api)
+            m = self.measure(workload, rec.stats)
+            s = rec.stats()
+            m["requests"] = s["requests"]
+            m["peak_rss_mb"] = round(vm_hwm_kb(proc.pid) / 1024, 1)
+        finally:
+            stop(proc)
+            rec.close()
+        self.add({"scenario": name, "workload": workload, "batch_size": batch, **m})
+
+    def sc_latency(self) -> None:
+        for rate in self.rates:
+            self.prepare()
+            rec = Receiver(self.workdir, latency=True)
+            proc = None
+            try:
+                cfg, api = self.service_config(f"latency-{rate}", rec.url)
+                proc = self.start_service(cfg, api)
+                self.add(self._latency_run("latency", rate, rec))
+            finally:
+                stop(proc)
+                rec.close()
+
+    def _latency_run(self, scenario: str, rate: int, rec: Receiver) -> dict[str, Any]:
+        w = wl.run_rate(self.pg.bindir, self.dsn, rate, self.latency_secs)
+        n = wl.count_rows(self.dsn)
+        s = rec.wait_count(n, 120)
+        time.sleep(0.3)
+        s = rec.stats()
+        lat = s.get("latency_ms", {})
+        return {
+            "scenario": scenario, "workload": f"oltp@{rate}/s", "changes": n,
+            "achieved_rate": round(n / w["write_secs"], 1),
+            "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"), "p999_ms": lat.get("p999"), "max_ms": lat.get("max"),
+        }  # fmt: skip
+
+    def sc_backlog(self) -> None:
+        self.prepare()
+        rec = Receiver(self.workdir, status=503)
+        proc = None
+        try:
+            cfg, api = self.service_config(
+                "backlog",
+                rec.url,
+                {
+                    "retry": {"max_attempts": 1000, "initial_delay_ms": 100, "max_delay_ms": 1000},
+                    "circuit_breaker": {"failure_threshold": 5, "timeout_secs": 1, "success_threshold": 1},
+                },
+            )
+            proc = self.start_service(cfg, api)
+            rss_idle = vm_hwm_kb(proc.pid)
+            w = self.write("bulk", self.n_backlog)
+            n = w["changes"]
+            end_lsn = self.sql("SELECT pg_current_wal_lsn()")[0][0]
+            # everything captured into the local log (the slot confirmed past the last commit)
+            wait_until(
+                lambda: self.sql(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name='bench_svc' AND confirmed_flush_lsn >= %s",
+                    (end_lsn,),
+                ),
+                self.timeout, "the backlog to be captured", 0.2,
+            )  # fmt: skip
+            captured_at = time.time()
+            time.sleep(3)  # retries and the open breaker against the dead endpoint
+            rss_backlog = vm_hwm_kb(proc.pid)
+            refused = rec.stats()["refused"]
+            rec.mode(status=200)
+            t_recover = time.time()
+            s = rec.wait_count(n, self.timeout)
+            drain = s["last_recv"] - t_recover
+            self.add({
+                "scenario": "backlog", "workload": "bulk", "changes": n,
+                "capture_rate": round(n / (captured_at - w["first_commit"]), 1),
+                "drain_secs": round(drain, 2), "drain_rate": round(n / drain, 1),
+                "rss_idle_mb": round(rss_idle / 1024, 1), "rss_backlog_mb": round(rss_backlog / 1024, 1),
+                "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1), "refused_requests": refused,
+                "delivered_events": s["count"],
+            })  # fmt: skip
+        finally:
+            stop(proc)
+            rec.close()
+
+    # -- kafka ---------------------------------------------------------------------------------------
+    def kafka_unavailable(self) -> str | None:
+        try:
+            from heliosdb_cdc.sinks._kafka import KafkaSink  # noqa: F401
+        except Exception as exc:
+            return f"KafkaSink does not import: {exc}"
+        try:
+            sys.path.insert(0, str(ROOT))
+            from tests.plugins.kafka import KafkaBroker, kafka_libs  # noqa: F401
+        except Exception as exc:
+            return f"tests/plugins/kafka.py has no broker starter: {exc}"
+        return None
+
+    def sc_kafka(self, workloads: list[str]) -> None:
+        why = self.kafka_unavailable()
+        if why:
+            self.add({"scenario": "kafka", "workload": "-", "note": f"not available: {why}"})
+            return
+        from tests.plugins.kafka import KafkaBroker, kafka_libs
+
+        try:
+            broker = KafkaBroker(kafka_libs(), self.workdir / "kafka")
+            (self.workdir / "kafka").mkdir(exist_ok=True)
+            broker.start()
+        except Exception as exc:
+            self.add({"scenario": "kafka", "workload": "-", "note": f"not available: broker did not start: {str(exc)[:200]}"})
+            return
+        try:
+            from confluent_kafka.admin import AdminClient, NewTopic
+
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+            for workload in workloads:
+                topic = f"bench_{workload}"
+                admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
+                self.prepare()
+                stream = {
+                    "name": "bench_kafka", "tables": [wl.TABLE],
+                    "destination": {"type": "kafka", "address": broker.bootstrap, "topic": topic},
+                }  # fmt: skip
+                cfg, api = self.service_config(f"kafka-{workload}", "", streams=[stream])
+                proc = self.start_service(cfg, api)
+                try:
+                    prog = KafkaProgress(api, "bench_kafka")
+                    m = self.measure(workload, prog)
+                    m["peak_rss_mb"] = round(vm_hwm_kb(proc.pid) / 1024, 1)
+                finally:
+                    stop(proc)
+                self.add({"scenario": "kafka", "workload": workload, "format": "json", **m,
+                          "note": "acknowledged; last-ack time polled every 20 ms"})  # fmt: skip
+        finally:
+            broker.stop()
+
+    # -- peers -----------------------------------------------------------------------------------------
+    def sc_debezium(self, workloads: list[str]) -> None:
+        dist, why = install_debezium()
+        if dist is None:
+            self.add({"scenario": "debezium", "workload": "-", "note": f"not installed: {why}"})
+            return
+        for workload in [*workloads, "latency"]:
+            self.prepare()
+            self.sql("DROP PUBLICATION IF EXISTS dbz_pub")
+            rec = Receiver(self.workdir, latency=workload == "latency")
+            wd = self.workdir / f"debezium-{workload}"
+            (wd / "conf").mkdir(parents=True, exist_ok=True)
+            (wd / "conf" / "application.properties").write_text(debezium_properties(self.pg.port, rec.url, wd))
+            runner = next(dist.glob("debezium-server-*runner.jar"))
+            cmd = ["java", "-Xmx1g", "-cp", f"{runner}:{wd / 'conf'}:{dist / 'lib'}/*", "io.debezium.server.Main"]
+            proc = spawn(cmd, wd / "debezium.log", cwd=wd)
+            try:
+                def ready() -> bool:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"debezium exited: {(wd / 'debezium.log').read_text()[-1500:]}")
+                    return self.slot_active("dbz")
+
+                wait_until(ready, 180, "Debezium Server's slot")
+                time.sleep(3)  # streaming starts after the (schema-only) snapshot
+                if workload == "latency":
+                    row = self._latency_run("debezium", 1000, rec)
+                    row["note"] = "source.ts_ms: commit time in ms"
+                    self.add(row)
+                else:
+                    m = self.measure(workload, rec.stats)
+                    m["peak_rss_mb"] = round(vm_hwm_kb(proc.pid) / 1024, 1)
+                    self.add({"scenario": "debezium", "workload": workload, **m})
+            except Exception as exc:
+                self.add({"scenario": "debezium", "workload": workload, "note": f"failed: {str(exc)[:300]}"})
+            finally:
+                stop(proc, 30)
+                rec.close()
+
+    def sc_pgstream(self, workloads: list[str]) -> None:
+        binary, why = install_pgstream()
+        if binary is None:
+            self.add({"scenario": "pgstream", "workload": "-", "note": f"not installed: {why}"})
+            return
+        self.add({"scenario": "pgstream", "workload": "-", "note": f"installed at {binary} but not wired up in bench/run.py yet"})
+
+    # -- driver ----------------------------------------------------------------------------------------
+    def run(self, scenarios: list[str], workloads: list[str]) -> None:
+        self.start_pg()
+        try:
+            for sc in scenarios:
+                try:
+                    if sc in ("raw", "null"):
+                        for w in workloads:
+                            getattr(self, f"sc_{sc}")(w)
+                    elif sc == "webhook1":
+                        for w in workloads:
+                            self.sc_webhook(w, 1)
+                    elif sc == "webhook_batch":
+                        for w in workloads:
+                            self.sc_webhook(w, 100)
+                    elif sc == "latency":
+                        self.sc_latency()
+                    elif sc == "backlog":
+                        self.sc_backlog()
+                    elif sc in ("kafka", "debezium", "pgstream"):
+                        getattr(self, f"sc_{sc}")(workloads)
+                except Exception as exc:
+                    traceback.print_exc()
+                    self.add({"scenario": sc, "workload": "-", "note": f"error: {str(exc)[:300]}"})
+        finally:
+            with contextlib.suppress(Exception):
+                self.drop_slots()
+            self.pg.stop()
+            if not self.args.keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class KafkaProgress:
+    """Acknowledged count from the service's stream status; last-ack time = when it was seen."""
+
+    def __init__(self, api: str, stream: str) -> None:
+        self.url = f"{api}/api/streams/{stream}/status"
+        self.count = 0
+        self.last = 0.0
+
+    def __call__(self) -> dict[str, Any]:
+        time.sleep(0.02)
+        try:
+            n = int(http_json(self.url)["events_delivered"])
+        except (OSError, KeyError, ValueError):
+            n = self.count
+        if n != self.count:
+            self.count, self.last = n, time.time()
+        return {"count": self.count, "last_recv": self.last}
+
+
+# -- peers: install --------------------------------------------------------------------------------
+DEBEZIUM_VERSION = "2.7.3.Final"
+
+
+def install_debezium() -> tuple[Path | None, str]:
+    base = CACHE / "debezium"
+    dist = base / "debezium-server"
+    if (dist / "lib").is_dir() and list(dist.glob("debezium-server-*runner.jar")):
+        return dist, "cached"
+    if shutil.which("java") is None:
+        return None, "java not found"
+    if shutil.which("mvn") is None:
+        return None, "mvn not found (needed to fetch the distribution from Maven Central)"
+    base.mkdir(parents=True, exist_ok=True)
+    tar = base / f"debezium-server-dist-{DEBEZIUM_VERSION}.tar.gz"
+    if not tar.exists():
+        try:
+            p = subprocess.run(
+                ["mvn", "-q", "-B", "dependency:copy",
+                 f"-Dartifact=io.debezium:debezium-server-dist:{DEBEZIUM_VERSION}:tar.gz", f"-DoutputDirectory={base}"],
+                capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return None, f"mvn dependency:copy timed out after {INSTALL_TIMEOUT}s"
+        if p.returncode != 0 or not tar.exists():
+            return None, f"mvn dependency:copy failed: {(p.stdout + p.stderr)[-300:]}"
+    p2 = subprocess.run(["tar", "xzf", str(tar), "-C", str(base)], capture_output=True, text=True, check=False)
+    if p2.returncode != 0:
+        return None, f"tar failed: {p2.stderr[-300:]}"
+    return dist, "installed"
+
+
+def install_pgstream() -> tuple[Path | None, str]:
+    gobin = CACHE / "gobin"
+    binary = gobin / "pgstream"
+    if binary.exists():
+        return binary, "cached"
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        return None, "the Go toolchain is not installed"
+    gobin.mkdir(parents=True, exist_ok=True)
+    try:
+        p = subprocess.run(
+            [go, "install", "github.com/xataio/pgstream@latest"],
+            capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False,
+            env={**os.environ, "GOBIN": str(gobin)},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None, f"go install timed out after {INSTALL_TIMEOUT}s"
+    if p.returncode != 0 or not binary.exists():
+        msg = " ".join((p.stderr or p.stdout).split())
+        return None, f"go install github.com/xataio/pgstream@latest failed: {msg[:240]}"
+    return binary, "installed"
+
+
+def debezium_properties(pg_port: int, url: str, wd: Path) -> str:
+    return f"""\
+debezium.sink.type=http
+debezium.sink.http.url={url}
+debezium.sink.http.timeout.ms=30000
+debezium.source.connector.class=io.debezium.connector.postgresql.PostgresConnector
+debezium.source.offset.storage.file.filename={wd / "offsets.dat"}
+debezium.source.offset.flush.interval.ms=1000
+debezium.source.database.hostname=127.0.0.1
+debezium.source.database.port={pg_port}
+debezium.source.database.user=postgres
+debezium.source.database.password=postgres
+debezium.source.database.dbname=postgres
+debezium.source.topic.prefix=bench
+debezium.source.table.include.list=public.{wl.TABLE}
+debezium.source.plugin.name=pgoutput
+debezium.source.slot.name=dbz
+debezium.source.publication.name=dbz_pub
+debezium.source.publication.autocreate.mode=filtered
+debezium.source.snapshot.mode=no_data
+debezium.format.value=json
+debezium.format.key=json
+debezium.format.value.schemas.enable=false
+debezium.format.key.schemas.enable=false
+quarkus.http.port={free_port()}
+quarkus.log.level=WARN
+quarkus.log.console.json=false
+"""
+
+
+# -- report ------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = 0.0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "nproc": os.cpu_count(), "cpu": cpu, "mem_gb": mem_gb, "python": platform.python_version(),
+        "kernel": platform.release(), "host": socket.gethostname(),
+    }  # fmt: skip
+
+
+def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    raw = {r["workload"]: r["rate"] for r in results if r["scenario"] == "raw" and r.get("rate")}
+    out: dict[str, float] = {}
+    for r in results:
+        if r["scenario"] in THROUGHPUT and r["scenario"] != "raw" and r.get("rate") and raw.get(r["workload"]):
+            out[f"{r['scenario']}_over_raw_{r['workload']}"] = round(r["rate"] / raw[r["workload"]], 3)
+            r["ratio_to_raw"] = out[f"{r['scenario']}_over_raw_{r['workload']}"]
+    wh = {r["workload"]: r["rate"] for r in results if r["scenario"] == "webhook1" and r.get("rate")}
+    for r in results:
+        if r["scenario"] == "debezium" and r.get("rate") and wh.get(r["workload"]):
+            out[f"webhook1_over_debezium_{r['workload']}"] = round(wh[r["workload"]] / r["rate"], 2)
+    return out
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    cols = ["scenario", "workload", "changes", "rate", "ratio_to_raw", "p50_ms", "p99_ms", "p999_ms",
+            "peak_rss_mb", "drain_rate", "note"]  # fmt: skip
+    head = ["scenario", "workload", "changes", "changes/s", "x raw", "p50 ms", "p99 ms", "p999 ms",
+            "peak RSS MB", "drain/s", "note"]  # fmt: skip
+    rows = [head]
+    for r in results:
+        row = []
+        for c in cols:
+            v = r.get(c, "")
+            if c == "note" and not v:
+                extra = []
+                if r.get("achieved_rate"):
+                    extra.append(f"achieved {r['achieved_rate']:.0f}/s")
+                if r.get("write_rate"):
+                    extra.append(f"writer {r['write_rate']:.0f}/s")
+                if r.get("batch_size", 1) > 1:
+                    extra.append(f"batch_size {r['batch_size']}")
+                if r.get("rss_backlog_mb"):
+                    extra.append(f"RSS idle {r['rss_idle_mb']} MB, capture {r['capture_rate']:.0f}/s")
+                v = "; ".join(extra)
+            if isinstance(v, float):
+                v = f"{v:,.0f}" if c in ("rate", "drain_rate") else f"{v:g}"
+            elif isinstance(v, int):
+                v = f"{v:,}"
+            row.append(str(v) if v is not None else "")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer changes, shorter latency runs")
+    p.add_argument("--scenarios", default=",".join(ALL), help=f"comma-separated, from {','.join(ALL)}")
+    p.add_argument("--workloads", default="bulk,oltp", help="throughput workloads: bulk,oltp")
+    p.add_argument("--changes", type=int, default=0, help="bulk changes per throughput scenario")
+    p.add_argument("--oltp-changes", type=int, default=0, help="oltp changes per throughput scenario")
+    p.add_argument("--backlog-changes", type=int, default=0)
+    p.add_argument("--json", help="write results here (default bench/results/<time>.json)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = p.parse_args(argv)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bad = [s for s in scenarios if s not in ALL]
+    if bad:
+        p.error(f"unknown scenario(s) {bad}; choose from {ALL}")
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bench = Bench(args)
+    started = time.time()
+    bench.run(scenarios, workloads)
+    rs = ratios(bench.results)
+    out = {
+        "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_secs": round(time.time() - started, 1),
+        "machine": machine(),
+        "postgres": bench.settings,
+        "sizes": {"bulk": bench.n_bulk, "oltp": bench.n_oltp, "backlog": bench.n_backlog,
+                  "latency_secs": bench.latency_secs, "rates": bench.rates},  # fmt: skip
+        "results": bench.results,
+        "ratios": rs,
+    }
+    path = Path(args.json) if args.json else BENCH / "results" / time.strftime("%Y%m%d-%H%M%S.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(table(bench.results))
+    print("ratios: " + json.dumps(rs))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
