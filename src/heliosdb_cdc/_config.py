@@ -91,6 +91,8 @@ class WebhookConfig(_Model):
     timeout_secs: float = Field(30, gt=0)
     batch_size: int = Field(1, ge=1, le=10000, description="events per POST; >1 sends a JSON array")
     max_payload_bytes: int = Field(1024 * 1024, ge=1024)
+    # "heliosdb": X-HeliosDB-Signature: sha256=<hex>; "standard": Standard Webhooks (docs/security.md)
+    signature_scheme: Literal["heliosdb", "standard"] = "heliosdb"
     retry: RetryConfig = RetryConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     exactly_once: ExactlyOnceConfig = ExactlyOnceConfig()
@@ -228,13 +230,37 @@ class TlsConfig(_Model):
     enabled: bool = False
     cert_path: str | None = None
     key_path: str | None = None
+    client_ca_path: str | None = None  # verified client certificates authenticate as admin
+
+
+def _check_cidrs(v: list[str]) -> list[str]:
+    import ipaddress
+
+    for item in v:
+        try:
+            ipaddress.ip_network(str(item).strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network in CIDR form, e.g. 10.0.0.0/8") from None
+    return v
 
 
 class SecurityConfig(_Model):
+    """See docs/security.md. Tokens and secret values may be ``file:/path`` (read at load)."""
+
     tls: TlsConfig = TlsConfig()
     ip_whitelist: list[str] = Field(default_factory=list)
+    trusted_proxies: list[str] = Field(default_factory=list)
     admin_token: SecretStr | None = None
+    read_only_token: SecretStr | None = None
+    metrics_public: bool = False
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
     block_private_networks: bool = False
+    webhook_allowed_cidrs: list[str] = Field(default_factory=list)
+    outbound_ca_path: str | None = None
+
+    _cidrs = field_validator("ip_whitelist", "trusted_proxies", "webhook_allowed_cidrs")(
+        classmethod(lambda cls, v: _check_cidrs(v))
+    )
 
 
 class LoggingConfig(_Model):
@@ -328,6 +354,9 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping of keys to values")
     data = _expand(data, "")
+    from ._secrets import resolve_secret_files  # ``file:/path`` secrets (docs/security.md)
+
+    data = resolve_secret_files(data)
     dsn = os.environ.get("HELIOSDB_CDC_DSN")
     if dsn and not (data.get("source") or {}).get("dsn"):
         data = {**data, "source": {**(data.get("source") or {}), "dsn": dsn}}

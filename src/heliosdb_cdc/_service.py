@@ -47,6 +47,7 @@ from .postgres._setup import (
 )
 from .sinks._base import Sink
 from .sinks._webhook import WebhookSink
+from .sinks._webhook_security import validate_webhook_stream, webhook_security_kwargs
 from .store import Store
 
 log = logging.getLogger("heliosdb_cdc")
@@ -139,6 +140,10 @@ class WebhookServer:
 
     async def start(self, serve_http: bool = True) -> None:
         cfg = self.config
+        if serve_http:
+            from .server._security import check_http_security
+
+            check_http_security(cfg)  # tokens required off loopback; TLS files load
         self.store = Store(cfg.state_dir)
         self.exactly_once = ExactlyOnce(self.store, cfg.webhook.exactly_once.window_secs)
         self.log = LocalLog(
@@ -340,6 +345,7 @@ class WebhookServer:
                 max_concurrent_requests=wh.max_concurrent_requests,
                 semaphore=self._semaphore,
                 max_payload_bytes=wh.max_payload_bytes,
+                **webhook_security_kwargs(cfg, self.config),  # signature scheme, TLS, SSRF guard
             )
             return sink, dest.address
         if dest.type == "kafka":
@@ -479,6 +485,7 @@ class WebhookServer:
                 except SourceError as exc:
                     raise SqlError(str(exc.message), stream=cfg.name) from None
             # validate filters/transforms before anything is stored
+            await validate_webhook_stream(cfg, self.config)  # options, TLS files, SSRF guard
             self._compile(cfg, cfg.destination.address)
             self.store.create_stream(cfg.name, stream_to_json(cfg), origin, "running")
             # the stream starts at the log's end as of now, before its tables join the

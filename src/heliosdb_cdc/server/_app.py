@@ -71,7 +71,10 @@ class ServiceStreamManager:
 
 
 def build_app(service: WebhookServer) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    from ._security import security_middlewares  # allow-list, tokens (docs/security.md)
+
+    sec = service.config.security
+    app = web.Application(client_max_size=sec.max_request_bytes, middlewares=security_middlewares(sec))
     manager = ServiceStreamManager(service)
     routes = web.RouteTableDef()
 
@@ -283,10 +286,36 @@ def _validation_message(exc: ValidationError) -> str:
 
 async def start_http(service: WebhookServer) -> web.AppRunner:
     app = build_app(service)
+    ssl_ctx = _tls_context(service, app)  # security.tls: HTTPS, TLS 1.2+, reload on SIGHUP
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = service.config.webhook.bind_address.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_ctx)
     await site.start()
-    log.info("HTTP API on http://%s (health, /sql, /api, /metrics, status page at /)", service.config.webhook.bind_address)
+    log.info(
+        "HTTP API on %s://%s (health, /sql, /api, /metrics, status page at /)",
+        "https" if ssl_ctx else "http",
+        service.config.webhook.bind_address,
+    )
     return runner
+
+
+def _tls_context(service: WebhookServer, app: web.Application) -> Any:
+    import asyncio
+
+    from ._security import CertReloader, server_ssl_context
+
+    tls = service.config.security.tls
+    if not tls.enabled:
+        return None
+    ctx = server_ssl_context(tls)
+    reloader = CertReloader(ctx, str(tls.cert_path), str(tls.key_path))
+    service.tls_reloader = reloader  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    if reloader.install_sighup(loop):
+
+        async def _remove(_: web.Application) -> None:
+            CertReloader.remove_sighup(loop)
+
+        app.on_cleanup.append(_remove)
+    return ctx

@@ -22,7 +22,9 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from . import _standard_webhooks as standard_webhooks
 from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
+from ._ssrf import GuardedResolver, SsrfGuard, SsrfRefused
 
 RETRYABLE_4XX = frozenset({408, 425, 429})
 
@@ -56,6 +58,8 @@ class WebhookSink:
         ssl_context: ssl.SSLContext | None = None,
         max_payload_bytes: int = 1024 * 1024,
         extra_headers: dict[str, str] | None = None,
+        signature_scheme: str = "heliosdb",
+        ssrf_guard: SsrfGuard | None = None,
     ) -> None:
         self.url = url
         self.secrets = [s for s in secrets if s]
@@ -69,12 +73,20 @@ class WebhookSink:
         self.ssl_context = ssl_context
         self.max_payload_bytes = max_payload_bytes
         self.extra_headers = extra_headers or {}
+        # security (docs/security.md): Standard Webhooks keys, connect-time SSRF guard
+        self.signature_scheme = signature_scheme
+        std = signature_scheme == "standard"
+        self._std_keys = [standard_webhooks.parse_secret(s) for s in self.secrets] if std else []
+        self.ssrf_guard = ssrf_guard
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self.limit, limit_per_host=self.limit, ssl=self.ssl_context or True
+                limit=self.limit,
+                limit_per_host=self.limit,
+                ssl=self.ssl_context or True,
+                resolver=GuardedResolver(self.ssrf_guard) if self.ssrf_guard else None,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -98,7 +110,9 @@ class WebhookSink:
         }
         if len(events) > 1:
             headers["X-HeliosDB-Event-Count"] = str(len(events))
-        if self.secrets:
+        if self._std_keys:
+            headers.update(standard_webhooks.headers(self._std_keys, first.event_id, body))
+        elif self.secrets:
             headers["X-HeliosDB-Signature"] = ",".join(sign(body, s) for s in self.secrets)
         headers.update(self.extra_headers)
         headers.update(first.headers)
@@ -121,6 +135,11 @@ class WebhookSink:
                 f"payload of {len(body)} bytes is over webhook.max_payload_bytes="
                 f"{self.max_payload_bytes}",
             )
+        if self.ssrf_guard is not None:
+            try:  # IP-literal hosts never reach the resolver
+                self.ssrf_guard.check_literal_url(self.url)
+            except SsrfRefused as exc:
+                return SinkResult(Outcome.FAILED, str(exc))
         if self._session is None:
             await self.start()
         assert self._session is not None

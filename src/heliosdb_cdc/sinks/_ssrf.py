@@ -1,0 +1,176 @@
+"""SSRF guard for webhook destinations.
+
+A webhook URL is checked twice: when the stream is created (its host resolved
+and every address checked) and again each time a connection is opened (a
+resolver that re-checks what DNS returns *now*, so a name that resolved to a
+public address at registration cannot be re-bound to the metadata service
+later). Redirects are never followed (the webhook sink sends with
+``allow_redirects=False`` and treats 3xx as a permanent failure).
+
+Policy (``security`` section of the configuration):
+
+* always refused: link-local and cloud metadata addresses -- ``169.254.0.0/16``,
+  ``fe80::/10``, ``fd00:ec2::254`` (AWS IPv6 IMDS), ``100.100.100.200``
+  (Alibaba), plus unspecified/multicast/reserved addresses;
+* private (RFC 1918, ``fc00::/7``, CGNAT ``100.64.0.0/10``) and loopback ranges:
+  allowed by default, refused with ``block_private_networks: true``;
+* ``webhook_allowed_cidrs``: when set, every address must be inside one of them
+  (the always-refused list still wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ALWAYS_BLOCKED: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "169.254.0.0/16",  # IPv4 link-local, incl. 169.254.169.254 (AWS/GCP/Azure metadata)
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::254/128",  # AWS IMDS over IPv6
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "0.0.0.0/8",  # "this network"
+        "::/128",  # unspecified
+        "224.0.0.0/4",  # multicast
+        "ff00::/8",  # IPv6 multicast
+        "240.0.0.0/4",  # reserved, incl. broadcast
+    )
+)
+
+PRIVATE: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",
+        "::1/128",
+        "fc00::/7",  # unique local
+    )
+)
+
+
+class SsrfRefused(OSError):
+    """A destination address the SSRF policy does not allow."""
+
+
+def _normalize(addr: IPAddress) -> IPAddress:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
+
+
+class SsrfGuard:
+    """The policy; ``check_address`` raises :class:`SsrfRefused` with the reason."""
+
+    def __init__(self, block_private: bool = False, allowed_cidrs: Sequence[str] = ()) -> None:
+        self.block_private = block_private
+        self.allowed = parse_networks(allowed_cidrs)
+
+    @classmethod
+    def from_security(cls, security: Any) -> SsrfGuard:
+        return cls(
+            block_private=bool(getattr(security, "block_private_networks", False)),
+            allowed_cidrs=list(getattr(security, "webhook_allowed_cidrs", []) or []),
+        )
+
+    def reason(self, address: str) -> str | None:
+        """Why ``address`` is refused, or None when it is allowed."""
+        try:
+            addr = _normalize(ipaddress.ip_address(address.split("%", 1)[0]))
+        except ValueError:
+            return f"{address!r} is not an IP address"
+        for net in ALWAYS_BLOCKED:
+            if addr.version == net.version and addr in net:
+                return f"{addr} is a link-local, metadata or reserved address ({net}), always refused"
+        if self.allowed:
+            if not any(addr.version == n.version and addr in n for n in self.allowed):
+                return f"{addr} is outside security.webhook_allowed_cidrs"
+            return None
+        if self.block_private and any(addr.version == n.version and addr in n for n in PRIVATE):
+            return f"{addr} is a private or loopback address and security.block_private_networks is on"
+        return None
+
+    def check_address(self, address: str, host: str | None = None) -> None:
+        why = self.reason(address)
+        if why is not None:
+            name = f"{host} -> " if host and host != address else ""
+            raise SsrfRefused(f"webhook destination refused by the SSRF guard: {name}{why}")
+
+    async def check_url(self, url: str) -> list[str]:
+        """Resolve ``url``'s host now and check every address; returns the addresses."""
+        parts = urlsplit(url)
+        host = parts.hostname
+        if not host:
+            raise SsrfRefused(f"webhook destination refused: {url!r} has no host")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            literal = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            literal = None
+        if literal is not None:
+            self.check_address(host)
+            return [host]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise SsrfRefused(f"webhook destination {host!r} does not resolve: {exc}") from None
+        addrs = sorted({str(info[4][0]) for info in infos})
+        for a in addrs:
+            self.check_address(a, host)
+        return addrs
+
+    def check_literal_url(self, url: str) -> None:
+        """Connect-time check for URLs whose host is an IP literal (no DNS, so no resolver)."""
+        host = urlsplit(url).hostname or ""
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return
+        self.check_address(host)
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that drops refused addresses at connect time.
+
+    If every address a name resolves to is refused, resolution fails with
+    :class:`SsrfRefused` (aiohttp reports it as a connection error naming the
+    reason; the delivery is retried and finally dead-lettered).
+    """
+
+    def __init__(self, guard: SsrfGuard, inner: AbstractResolver | None = None) -> None:
+        self.guard = guard
+        self._inner = inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if self._inner is None:
+            self._inner = ThreadedResolver()
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if self.guard.reason(r["host"]) is None]
+        if not allowed:
+            reasons = "; ".join(sorted({self.guard.reason(r["host"]) or "" for r in results}))
+            raise SsrfRefused(f"webhook destination refused by the SSRF guard: {host} -> {reasons}")
+        return allowed
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
