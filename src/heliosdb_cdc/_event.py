@@ -59,7 +59,23 @@ def _json_default(obj: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Encode to JSON bytes; Decimal keeps every digit, NaN floats are refused upstream."""
-    return orjson.dumps(obj, default=_json_default)
+    try:
+        return orjson.dumps(obj, default=_json_default)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits: write them out exactly
+        return orjson.dumps(_big_ints(obj), default=_json_default)
+
+
+def _big_ints(obj: Any) -> Any:
+    if isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int) and not -(2**63) <= obj < 2**64:
+        return orjson.Fragment(str(obj))
+    if isinstance(obj, dict):
+        return {k: _big_ints(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_big_ints(v) for v in obj]
+    return obj
 
 
 @dataclass(slots=True)

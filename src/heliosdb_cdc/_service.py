@@ -703,6 +703,8 @@ class WebhookServer:
     async def add_filter(self, flt: Any, stream: str | None = None) -> None:
         """Attach a filter (FilterConfig or a built EventFilter) to one stream or to all."""
         assert self.store is not None
+        if hasattr(flt, "to_config"):  # an EventFilter builder
+            flt = flt.to_config()
         fc = flt if isinstance(flt, FilterConfig) else getattr(flt, "config", None)
         if not isinstance(fc, FilterConfig):
             raise CdcError("add_filter takes a FilterConfig or EventFilter(...).build()")
