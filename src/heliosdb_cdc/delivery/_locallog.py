@@ -271,8 +271,18 @@ class LocalLog:
         data = b"".join(parts[:roll_at] if roll_at else parts)
         try:
             self._file.write(data)
+            self._file.flush()
         except OSError as exc:
-            raise StateError(f"cannot write the local log: {exc.strerror}", path=str(self.dir)) from exc
+            # cut off a partial write so the file stays a sequence of whole frames
+            try:
+                self._file.truncate(self._file_size)
+                self._file.seek(self._file_size)
+            except OSError:
+                pass
+            raise StateError(
+                f"cannot write the local log: {exc.strerror}; capture retries once space returns",
+                path=str(self.dir),
+            ) from exc
         self._file_size += len(data)
         self._bytes_on_disk += len(data)
         if recs:
@@ -326,6 +336,11 @@ class LocalLog:
         with self._lock:
             while self._tail and self._tail[-1].seq > self._written.seq:
                 self._tail.pop()
+
+    @property
+    def written(self) -> Position:
+        """End of the last complete transaction written (durable or not yet fsynced)."""
+        return self._written
 
     @property
     def size_bytes(self) -> int:

@@ -155,7 +155,9 @@ class Capture:
         )
         self._conn = conn
         cur = conn.cursor()
-        pos = self.log.durable
+        # skip what the log already holds, fsynced or not: in this process the page
+        # cache has it; after a crash, recovery has cut the log to what is durable
+        pos = self.log.written
         decoder = ChangeDecoder(self.database, self.log.next_seq, pos.commit_lsn)
         decoder.relations = self.relations
         decoder.known_schemas = self._load_schemas()
