@@ -206,6 +206,12 @@ class LocalLog:
         self._file = open(path, "wb")
         frame = _frame(prev.seq, prev.end_lsn, 0, KIND_SEGMENT, b"", _U64.pack(prev.commit_lsn), b"")
         self._file.write(frame)
+        # fix: the header (the recovery position of this segment) must reach the file
+        # before anything relies on it; left in Python's buffer, a kill right after a
+        # roll recovered an empty segment with commit/end LSN 0.
+        self._file.flush()
+        if self.sync:
+            os.fsync(self._file.fileno())
         self._file_size = len(frame)
         self._commit_offset = len(frame)
         self._bytes_on_disk += len(frame)
