@@ -21,6 +21,7 @@ Policy (``security`` section of the configuration):
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
@@ -64,6 +65,13 @@ PRIVATE: tuple[IPNetwork, ...] = tuple(
 
 class SsrfRefused(OSError):
     """A destination address the SSRF policy does not allow."""
+
+    def __init__(self, message: str) -> None:
+        # errno + strerror so aiohttp's connection error repeats the reason
+        super().__init__(errno.EACCES, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _normalize(addr: IPAddress) -> IPAddress:
