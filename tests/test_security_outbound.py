@@ -226,7 +226,7 @@ async def test_registration_resolves_and_checks(tmp_path: Path) -> None:
     default = Config()
     await validate_webhook_stream(stream("http://127.0.0.1:9/h"), default)
     await validate_webhook_stream(stream("http://localhost:9/h"), default)
-    with pytest.raises(ConfigError, match="169.254.169.254.*always refused"):
+    with pytest.raises(ConfigError, match=r"169\.254\.169\.254.*always refused"):
         await validate_webhook_stream(stream("http://169.254.169.254/latest/meta-data/"), default)
     with pytest.raises(ConfigError, match="always refused"):
         await validate_webhook_stream(stream("http://[fd00:ec2::254]/"), default)
