@@ -221,7 +221,9 @@ class SourceConfig(_Model):
 class DeliveryConfig(_Model):
     """The guide's best-practice shorthand; mapped onto ``webhook.retry``."""
 
-    max_retries: int | None = Field(None, ge=0)
+    # fix: mapped as max_attempts = max_retries + 1 with model_copy (no validation),
+    # so it must respect RetryConfig.max_attempts <= 1_000_000 here
+    max_retries: int | None = Field(None, ge=0, le=999_999)
     initial_retry_delay_ms: int | None = Field(None, ge=0)
     max_retry_delay_ms: int | None = Field(None, ge=0)
 
@@ -358,7 +360,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
     data = resolve_secret_files(data)
     dsn = os.environ.get("HELIOSDB_CDC_DSN")
-    if dsn and not (data.get("source") or {}).get("dsn"):
+    # fix: a non-mapping 'source' raised AttributeError here; let validation report it
+    if dsn and isinstance(data.get("source") or {}, dict) and not (data.get("source") or {}).get("dsn"):
         data = {**data, "source": {**(data.get("source") or {}), "dsn": dsn}}
     try:
         return Config.model_validate(data)
