@@ -37,7 +37,7 @@ def _system_bindirs() -> list[Path]:
 
 def _pgserver_bindir() -> Path | None:
     try:
-        import pgserver  # type: ignore[import-untyped]
+        import pgserver
     except ImportError:
         return None
     root = Path(pgserver.__file__).parent / "pginstall"

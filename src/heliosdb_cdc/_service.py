@@ -661,7 +661,8 @@ class WebhookServer:
     def snapshot_status(self, name: str) -> dict[str, Any] | None:
         snap = self.snapshots.get(name)
         if snap is not None:
-            return snap.status
+            status: dict[str, Any] = snap.status
+            return status
         assert self.store is not None
         return self.store.get_snapshot(name)
 

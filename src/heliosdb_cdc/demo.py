@@ -72,7 +72,7 @@ def _writer(dsn: str, n: int, stats: dict[str, int]) -> None:
                         "RETURNING id",
                         (random.randint(1, 1000), round(random.uniform(5, 2000), 2)),
                     )
-                    stats["max_id"] = max(stats["max_id"], cur.fetchone()[0])  # type: ignore[index]
+                    stats["max_id"] = max(stats["max_id"], cur.fetchone()[0])
                     stats["written"] += 1
                 elif r < 0.9:
                     cur.execute(
@@ -110,7 +110,7 @@ async def run_demo(directory: str, rate: float, duration: float) -> int:
                 "total numeric(12,2), status text, created_at timestamptz DEFAULT now())"
             )
             cur.execute("SELECT coalesce(max(id), 0) FROM orders")
-            max_id = cur.fetchone()[0]  # type: ignore[index]
+            max_id = cur.fetchone()[0]
         conn.close()
 
         rec = DemoReceiver()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from typing import Protocol
 
 from .._config import CircuitBreakerConfig
 from .._metrics import CIRCUIT_STATE
@@ -27,13 +28,29 @@ class CircuitState(enum.Enum):
     Open = 2
 
 
+class Clock(Protocol):
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+class _SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
 class CircuitBreaker:
     """The breaker of one endpoint."""
 
-    def __init__(self, endpoint: str, config: CircuitBreakerConfig, clock: type = time) -> None:
+    def __init__(
+        self, endpoint: str, config: CircuitBreakerConfig, clock: Clock | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.config = config
-        self._clock = clock
+        self._clock: Clock = clock or _SystemClock()
         self.state = CircuitState.CLOSED
         self.failures = 0
         self.successes = 0

@@ -10,6 +10,7 @@ not part of the pgoutput payload.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._errors import DecodeError
@@ -344,7 +345,7 @@ def _stream_abort(buf: bytes, in_stream: bool) -> StreamAbort:
     return StreamAbort(xid, subxid)
 
 
-_PARSERS = {
+_PARSERS: dict[int, Callable[[bytes, bool], Message]] = {
     ord("B"): _begin,
     ord("C"): _commit,
     ord("O"): _origin,

@@ -28,7 +28,7 @@ def check_server(conn: psycopg2.extensions.connection) -> int:
     """Fail with the exact fix when the server cannot do logical replication."""
     with conn.cursor() as cur:
         cur.execute("SHOW wal_level")
-        (level,) = cur.fetchone()  # type: ignore[misc]
+        (level,) = cur.fetchone()
         if level != "logical":
             raise SourceError(
                 f"PostgreSQL has wal_level={level}; change data capture needs wal_level=logical. "
