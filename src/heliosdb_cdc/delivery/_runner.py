@@ -157,6 +157,8 @@ class StreamRunner:
         self._m_failure = DELIVERY_TOTAL.labels(name, endpoint, "failure")
         self._m_retry = RETRY_TOTAL.labels(name, endpoint)
         self._m_e2e = END_TO_END.labels(name)
+        # exported at 0 from the start, so increase()/rate() see the first dead letters too
+        self._m_dead = DEAD_LETTERS.labels(name, endpoint)
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, cursor: int) -> None:
@@ -510,8 +512,7 @@ class StreamRunner:
         self.store.add_dead_letters(rows)
         self.stats.failed += len(items)
         self.stats.dead_lettered += len(items)
-        DEAD_LETTERS.labels(self.name, self.endpoint).inc(len(items))
-        DELIVERY_TOTAL.labels(self.name, self.endpoint, "dead_letter").inc(len(items))
+        self._m_dead.inc(len(items))
 
     # -- checkpoints ------------------------------------------------------------------
     async def _checkpointer(self) -> None:
