@@ -381,3 +381,20 @@ def test_random_crash_recovers_a_committed_prefix(plan, crash_at, junk, segment_
             check(r, w.written[r.seq])
         assert rec.next_seq == got.seq + 1
         rec.close()
+
+
+def test_rolls_of_empty_transactions_keep_size_and_position(tmp_path: Path) -> None:
+    log = open_log(tmp_path, segment_bytes=150)
+    w = Writer(log)
+    for _ in range(8):
+        w.txn(0)  # transactions with no captured change: commit markers only
+    end = log.sync_to_disk()
+    assert log.size_bytes == sum(p.stat().st_size for p in tmp_path.glob("*.log"))
+    w.txn(1)
+    end = log.sync_to_disk()
+    assert log.size_bytes == sum(p.stat().st_size for p in tmp_path.glob("*.log"))
+    log.close()
+    again = open_log(tmp_path, segment_bytes=150)
+    assert again.durable == end
+    assert [r.seq for r in again.read_disk(1, 10)] == [1]
+    again.close()

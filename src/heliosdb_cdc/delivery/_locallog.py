@@ -203,6 +203,10 @@ class LocalLog:
                 os.fsync(self._file.fileno())
             self._file.close()
         path = self._path(first_seq)
+        # fix: a roll with no event since the last one (empty transactions) reuses the
+        # same first seq and rewrites this file: do not count its old bytes twice
+        if path.exists():
+            self._bytes_on_disk -= path.stat().st_size
         self._file = open(path, "wb")
         frame = _frame(prev.seq, prev.end_lsn, 0, KIND_SEGMENT, b"", _U64.pack(prev.commit_lsn), b"")
         self._file.write(frame)
