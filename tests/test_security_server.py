@@ -354,3 +354,36 @@ async def test_oversized_headers_are_refused(serve: Any) -> None:
     _, url = await serve(make_config())
     status, _ = await request("GET", url + "/health", headers={"X-Big": "a" * 20_000})
     assert status in (400, 431)
+
+
+# -- docs/security.md stays honest ---------------------------------------------------------------
+
+
+def test_docs_security_yaml_examples_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 5
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(ADMIN)
+    for var in ("HELIOSDB_CDC_READ_ONLY_TOKEN", "ORDERS_HOOK_OLD_SECRET", "ORDERS_HOOK_NEW_SECRET",
+                "PAYMENTS_HOOK_SECRET"):  # fmt: skip
+        monkeypatch.setenv(var, "value-" + var)
+    for block in blocks:
+        for doc in block.split("# or\n"):
+            doc = re.sub(r"file:/\S+", f"file:{secret_file}", doc)
+            data = yaml.safe_load(doc)
+            cfg = config_from_dict(data)
+            if cfg.security.admin_token is not None:
+                check_http_security(
+                    cfg.model_copy(
+                        update={
+                            "security": cfg.security.model_copy(
+                                update={"tls": cfg.security.tls.model_copy(update={"enabled": False})}
+                            )
+                        }
+                    )
+                )

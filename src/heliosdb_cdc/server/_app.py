@@ -287,7 +287,7 @@ def _validation_message(exc: ValidationError) -> str:
 async def start_http(service: WebhookServer) -> web.AppRunner:
     app = build_app(service)
     ssl_ctx = _tls_context(service, app)  # security.tls: HTTPS, TLS 1.2+, reload on SIGHUP
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)  # idle connections closed
     await runner.setup()
     host, _, port = service.config.webhook.bind_address.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_ctx)
