@@ -14,8 +14,12 @@ Scenarios (see BENCHMARKS.md):
   debezium       Debezium Server 2.7.3 (HTTP sink) on the webhook1 workload + latency at 1,000/s
   pgstream       pgstream (webhook target), same, when installable
 
-Throughput = changes / (receipt of the last change - commit time of the first), commit
-times from PostgreSQL (track_commit_timestamp), receipt times from the consumer.
+Throughput workloads: ``bulk`` (10,000-row transactions) and ``oltp`` (1-10-row
+transactions from 4 pgbench clients) are written while the consumer runs: rate =
+changes / (receipt of the last change - commit time of the first), commit times from
+PostgreSQL (track_commit_timestamp), receipt times from the consumer. ``catchup`` writes
+the bulk workload first, then starts the consumer on its slot: rate = changes / (last
+receipt - first receipt), the consumer's capacity with no writer competing for the CPU.
 Ratios are to ``raw`` on the same workload in the same run.
 """
 
@@ -26,6 +30,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -230,11 +235,19 @@ class Bench:
     def n_for(self, workload: str) -> int:
         return self.n_bulk if workload == "bulk" else self.n_oltp
 
-    def measure(self, workload: str, progress: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Write the workload, wait for the consumer to have all of it, compute the rate."""
-        w = self.write(workload, self.n_for(workload))
+    def measure(self, workload: str, progress: Callable[[], dict[str, Any]], w: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the workload (unless already written: catch-up), wait for the consumer, compute the rate.
+
+        live (bulk, oltp): changes / (receipt of the last change - commit of the first);
+        catchup (a bulk backlog written before the consumer starts): changes / (last receipt - first receipt).
+        """
+        if w is None:
+            w = self.write(workload, self.n_for(workload))
         n = w["changes"]
         st = wait_until(lambda: (s := progress()).get("count", 0) >= n and s, self.timeout, f"{n} changes", 0.1)
+        if workload == "catchup":
+            secs = st["last_recv"] - st["first_recv"]
+            return {"changes": n, "secs": round(secs, 3), "rate": round(n / secs, 1), "count_seen": st["count"]}
         secs = st["last_recv"] - w["first_commit"]
         return {
             "changes": n,
@@ -245,6 +258,28 @@ class Bench:
             "count_seen": st["count"],
         }
 
+    def throughput(self, workload: str, slot: str, start: Callable[[], tuple[Callable[[], None], Callable[[], dict[str, Any]], Callable[[], dict[str, Any]]]]) -> dict[str, Any]:  # fmt: skip
+        """One throughput run: ``start()`` -> (stop, progress, extra) of a consumer of ``slot``."""
+        self.prepare()
+        w = None
+        if workload == "catchup":
+            self.ensure_slot(slot)
+            w = self.write("bulk", self.n_bulk)
+        stop_fn, progress, extra = start()
+        try:
+            m = self.measure(workload, progress, w)
+            m.update(extra())
+        finally:
+            stop_fn()
+        return m
+
+    def ensure_slot(self, slot: str) -> None:
+        """A publication and a pgoutput slot named ``slot`` (both), before any change is written."""
+        self.sql(f"DROP PUBLICATION IF EXISTS {slot}")
+        self.sql(f"CREATE PUBLICATION {slot} FOR TABLE {wl.TABLE}")
+        if not self.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name=%s", (slot,)):
+            self.sql("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+
     def add(self, row: dict[str, Any]) -> None:
         self.results.append(row)
         shown = {k: v for k, v in row.items() if k not in ("scenario", "workload")}
@@ -252,36 +287,33 @@ class Bench:
 
     # -- scenarios -------------------------------------------------------------------------------------
     def sc_raw(self, workload: str) -> None:
-        self.prepare()
-        self.sql("DROP PUBLICATION IF EXISTS bench_raw")
-        self.sql(f"CREATE PUBLICATION bench_raw FOR TABLE {wl.TABLE}")
-        self.sql("SELECT pg_create_logical_replication_slot('bench_raw', 'pgoutput')")
-        status = self.workdir / "raw.status"
-        status.unlink(missing_ok=True)
-        proc = spawn([sys.executable, str(BENCH / "raw_consumer.py"), self.dsn, "bench_raw", "bench_raw", str(status)],
-                     self.workdir / "raw.log")  # fmt: skip
-        try:
+        def start() -> Any:
+            self.ensure_slot("bench_raw")
+            status = self.workdir / "raw.status"
+            status.unlink(missing_ok=True)
+            proc = spawn([sys.executable, str(BENCH / "raw_consumer.py"), self.dsn, "bench_raw", "bench_raw", str(status)],
+                         self.workdir / "raw.log")  # fmt: skip
             wait_until(lambda: read_status(status).get("ready") and self.slot_active("bench_raw"), 30, "raw consumer")
-            m = self.measure(workload, lambda: read_status(status))
-        finally:
-            stop(proc)
-        self.add({"scenario": "raw", "workload": workload, **m})
+            return (lambda: stop(proc)), (lambda: read_status(status)), dict
+
+        self.add({"scenario": "raw", "workload": workload, **self.throughput(workload, "bench_raw", start)})
 
     def sc_null(self, workload: str) -> None:
-        self.prepare()
-        status = self.workdir / "null.status"
-        status.unlink(missing_ok=True)
-        state = self.workdir / f"null-{workload}"
-        shutil.rmtree(state, ignore_errors=True)
-        proc = spawn([sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)],
-                     self.workdir / "null.log")  # fmt: skip
-        try:
+        def start() -> Any:
+            status = self.workdir / "null.status"
+            status.unlink(missing_ok=True)
+            state = self.workdir / f"null-{workload}"
+            shutil.rmtree(state, ignore_errors=True)
+            proc = spawn([sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)],
+                         self.workdir / "null.log")  # fmt: skip
             wait_until(lambda: read_status(status).get("ready") and self.slot_active("bench_null"), 60, "null service")
-            m = self.measure(workload, lambda: read_status(status))
-            m["peak_rss_mb"] = round(read_status(status).get("rss_hwm_kb", 0) / 1024, 1)
-        finally:
-            stop(proc)
-        self.add({"scenario": "null", "workload": workload, **m})
+
+            def extra() -> dict[str, Any]:
+                return {"peak_rss_mb": round(read_status(status).get("rss_hwm_kb", 0) / 1024, 1)}
+
+            return (lambda: stop(proc)), (lambda: read_status(status)), extra
+
+        self.add({"scenario": "null", "workload": workload, **self.throughput(workload, "bench_null", start)})
 
     def service_config(self, name: str, url: str, webhook: dict[str, Any] | None = None,
                        streams: list[dict[str, Any]] | None = None) -> tuple[Path, str]:  # fmt: skip
@@ -321,19 +353,21 @@ class Bench:
         return proc
 
     def sc_webhook(self, workload: str, batch: int) -> None:
-        self.prepare()
         name = "webhook1" if batch == 1 else "webhook_batch"
         rec = Receiver(self.workdir)
-        proc = None
-        try:
+
+        def start() -> Any:
             cfg, api = self.service_config(f"{name}-{workload}", rec.url, {"batch_size": batch})
             proc = self.start_service(cfg, api)
-            m = self.measure(workload, rec.stats)
-            s = rec.stats()
-            m["requests"] = s["requests"]
-            m["peak_rss_mb"] = round(vm_hwm_kb(proc.pid) / 1024, 1)
+
+            def extra() -> dict[str, Any]:
+                return {"requests": rec.stats()["requests"], "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1)}
+
+            return (lambda: stop(proc)), rec.stats, extra
+
+        try:
+            m = self.throughput(workload, "bench_svc", start)
         finally:
-            stop(proc)
             rec.close()
         self.add({"scenario": name, "workload": workload, "batch_size": batch, **m})
 
@@ -439,25 +473,27 @@ class Bench:
         try:
             from confluent_kafka.admin import AdminClient, NewTopic
 
-            admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
             for workload in workloads:
                 topic = f"bench_{workload}"
                 admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
-                self.prepare()
                 stream = {
                     "name": "bench_kafka", "tables": [wl.TABLE],
                     "destination": {"type": "kafka", "address": broker.bootstrap, "topic": topic},
                 }  # fmt: skip
-                cfg, api = self.service_config(f"kafka-{workload}", "", streams=[stream])
-                proc = self.start_service(cfg, api)
-                try:
-                    prog = KafkaProgress(api, "bench_kafka")
-                    m = self.measure(workload, prog)
-                    m["peak_rss_mb"] = round(vm_hwm_kb(proc.pid) / 1024, 1)
-                finally:
-                    stop(proc)
+
+                def start(workload: str = workload, stream: dict[str, Any] = stream) -> Any:
+                    cfg, api = self.service_config(f"kafka-{workload}", "", streams=[stream])
+                    proc = self.start_service(cfg, api)
+                    return (
+                        (lambda: stop(proc)),
+                        KafkaProgress(api, "bench_kafka"),
+                        lambda: {"peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1)},
+                    )
+
+                m = self.throughput(workload, "bench_svc", start)
                 self.add({"scenario": "kafka", "workload": workload, "format": "json", **m,
-                          "note": "acknowledged; last-ack time polled every 20 ms"})  # fmt: skip
+                          "note": "acknowledged by the broker; last-ack time polled every 20 ms"})  # fmt: skip
         finally:
             broker.stop()
 
@@ -467,7 +503,7 @@ class Bench:
         if dist is None:
             self.add({"scenario": "debezium", "workload": "-", "note": f"not installed: {why}"})
             return
-        for workload in [*workloads, "latency"]:
+        for workload in [*(w for w in workloads if w != "catchup"), "latency"]:
             self.prepare()
             self.sql("DROP PUBLICATION IF EXISTS dbz_pub")
             rec = Receiver(self.workdir, latency=workload == "latency")
@@ -544,6 +580,7 @@ class KafkaProgress:
     def __init__(self, api: str, stream: str) -> None:
         self.url = f"{api}/api/streams/{stream}/status"
         self.count = 0
+        self.first = 0.0
         self.last = 0.0
 
     def __call__(self) -> dict[str, Any]:
@@ -554,7 +591,8 @@ class KafkaProgress:
             n = self.count
         if n != self.count:
             self.count, self.last = n, time.time()
-        return {"count": self.count, "last_recv": self.last}
+            self.first = self.first or self.last
+        return {"count": self.count, "first_recv": self.first, "last_recv": self.last}
 
 
 # -- peers: install --------------------------------------------------------------------------------
@@ -607,8 +645,8 @@ def install_pgstream() -> tuple[Path | None, str]:
     except subprocess.TimeoutExpired:
         return None, f"go install timed out after {INSTALL_TIMEOUT}s"
     if p.returncode != 0 or not binary.exists():
-        msg = " ".join((p.stderr or p.stdout).split())
-        return None, f"go install github.com/xataio/pgstream@latest failed: {msg[:240]}"
+        msg = re.sub(r"https?://\S+", "<module proxy>", " ".join((p.stderr or p.stdout).split()))
+        return None, f"go install github.com/xataio/pgstream@latest failed: {msg[:200]}"
     return binary, "installed"
 
 
@@ -696,6 +734,8 @@ def table(results: list[dict[str, Any]]) -> str:
                 if r.get("rss_backlog_mb"):
                     extra.append(f"RSS idle {r['rss_idle_mb']} MB, capture {r['capture_rate']:.0f}/s")
                 v = "; ".join(extra)
+            if c == "note" and isinstance(v, str) and len(v) > 110:
+                v = v[:107] + "..."
             if isinstance(v, float):
                 v = f"{v:,.0f}" if c in ("rate", "drain_rate") else f"{v:g}"
             elif isinstance(v, int):
@@ -712,7 +752,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer changes, shorter latency runs")
     p.add_argument("--scenarios", default=",".join(ALL), help=f"comma-separated, from {','.join(ALL)}")
-    p.add_argument("--workloads", default="bulk,oltp", help="throughput workloads: bulk,oltp")
+    p.add_argument("--workloads", default="bulk,oltp,catchup",
+                   help="throughput workloads: bulk (10,000-row txns), oltp (1-10-row txns), catchup (a bulk backlog read from the slot)")
     p.add_argument("--changes", type=int, default=0, help="bulk changes per throughput scenario")
     p.add_argument("--oltp-changes", type=int, default=0, help="oltp changes per throughput scenario")
     p.add_argument("--backlog-changes", type=int, default=0)
