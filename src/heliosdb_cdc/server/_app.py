@@ -230,6 +230,8 @@ def build_app(service: WebhookServer) -> web.Application:
         ids = body.get("ids")
         if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
             return _error("ids must be a list of integers", 400)
+        if body.get("stream") is not None and not isinstance(body.get("stream"), str):
+            return _error("stream must be a string", 400)
         n = await service.replay_dead_letters(ids, body.get("stream"))
         return _json({"replayed": n})
 
