@@ -46,7 +46,8 @@ class OperationType(enum.Enum):
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Decimal):
         if obj.is_finite():
-            return orjson.Fragment(str(obj))
+            # positional notation, digits as PostgreSQL sent them (str() would say 9.9E-7)
+            return orjson.Fragment(format(obj, "f"))
         return str(obj)
     if isinstance(obj, (bytes, memoryview)):
         import base64
