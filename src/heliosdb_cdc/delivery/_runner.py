@@ -145,6 +145,7 @@ class StreamRunner:
         self._space = asyncio.Event()
         self._space.set()
         self._since_checkpoint = 0
+        self._checkpoint_due = asyncio.Event()
         # snapshot watermarks: keys changed inside open windows, chunks waiting for
         # their high watermark, and high-watermark sequences with events in flight
         self._windows: dict[str, set[tuple[str, bytes]]] = {}
@@ -415,6 +416,9 @@ class StreamRunner:
                     if not group[1].done.done():
                         group[1].done.set_result(group[2])
                 self._done.add(seq)
+            self._since_checkpoint += len(batch)
+            if self._since_checkpoint >= self.checkpoint_interval:
+                self._checkpoint_due.set()
             self._advance()
 
     async def _deliver(self, batch: list[OutboundEvent]) -> None:
@@ -517,7 +521,11 @@ class StreamRunner:
     # -- checkpoints ------------------------------------------------------------------
     async def _checkpointer(self) -> None:
         while True:
-            await asyncio.sleep(self.poll_interval)
+            # every poll interval, or sooner once checkpoint_interval events are finished
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checkpoint_due.wait(), self.poll_interval)
+            self._checkpoint_due.clear()
+            self._since_checkpoint = 0
             self.stats.delivered_window.append((time.monotonic(), self.stats.delivered))
             QUEUE_SIZE.labels(self.name, "memory").set(len(self._pending))
             QUEUE_SIZE.labels(self.name, "overflow").set(max(0, self.log.last_seq - self._last_read))
