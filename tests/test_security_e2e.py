@@ -214,3 +214,51 @@ async def test_oversized_event_goes_to_dead_letters(
         (dl,) = server.store.list_dead_letters(name)
         assert "over webhook.max_payload_bytes=2048" in dl["error"]
         assert dl["attempts"] <= 1
+
+
+async def test_injection_attempts_change_nothing(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Hostile table names, DDL strings and predicates: refused or inert; the source
+    database and the catalog stay as they were."""
+    pg_db.execute("CREATE TABLE orders (id serial PRIMARY KEY, total numeric)")
+    pg_db.execute("INSERT INTO orders (total) VALUES (1)")
+    marker = tmp_path / "pwned"
+    cfg = make_config(pg_db, tmp_path)
+    async with WebhookServer(cfg) as server:
+        base = "http://" + server.config.webhook.bind_address
+        hostile_sql = [
+            "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK 'http://127.0.0.1:9/x'; DROP TABLE orders; --' AS s1",
+            "CREATE CHANGE DATA CAPTURE ON \"orders; DROP TABLE orders\" TO WEBHOOK 'http://127.0.0.1:9/x' AS s2",
+            "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK 'http://127.0.0.1:9/x' "
+            f'WHERE \'__import__("os").system("touch {marker}")\' AS s3',
+            "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK 'http://127.0.0.1:9/x' "
+            "WHERE 'total > 0; DROP TABLE orders' AS s4",
+            "CREATE CHANGE DATA CAPTURE ON pg_catalog.pg_authid TO WEBHOOK 'http://127.0.0.1:9/x' AS s5",
+        ]
+        async with aiohttp.ClientSession() as s:
+            for stmt in hostile_sql:
+                async with s.post(base + "/sql", data=stmt) as resp:
+                    assert resp.status == 400, (stmt, await resp.text())
+            for tables in (["orders; DROP TABLE orders"], ["orders' OR '1'='1"], ["public.orders--"]):
+                body = {"name": "x", "tables": tables, "destination": {"type": "memory", "address": "m"}}
+                async with s.post(base + "/api/streams", json=body) as resp:
+                    assert resp.status in (400, 422), tables
+            # a legitimate stream, then a hostile backfill predicate
+            ok = "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK '" + receiver.url + "' AS good"
+            async with s.post(base + "/sql", data=ok) as resp:
+                assert resp.status == 200, await resp.text()
+            for where in (
+                "1=1; DROP TABLE orders",
+                "id > 0) OR (SELECT pg_sleep(5)",
+                f'__import__("os").system("touch {marker}")',
+            ):
+                stmt = f"ALTER CDC STREAM good BACKFILL WHERE '{where}'"
+                async with s.post(base + "/sql", data=stmt) as resp:
+                    assert resp.status == 400, (where, await resp.text())
+        assert server.store is not None
+        # the first hostile text is a valid CREATE followed by junk: the CREATE is a real
+        # statement (its stream exists), the "DROP TABLE" never reaches PostgreSQL
+        assert sorted(r["name"] for r in server.store.list_streams()) == ["good", "orders_webhook"]
+    assert pg_db.execute("SELECT count(*) FROM orders") == [(1,)]
+    assert not marker.exists()

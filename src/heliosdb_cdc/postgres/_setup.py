@@ -48,11 +48,16 @@ def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -
     with conn.cursor() as cur:
         for name in names:
             schema, table = split_table(name)
+            if schema in ("pg_catalog", "information_schema") or schema.startswith("pg_toast"):
+                # system tables cannot be published (and must not be captured)
+                raise SourceError(f"table {name!r} is a system table and cannot be captured", table=name)
             if "*" in name or "?" in name:
                 cur.execute(
                     "SELECT n.nspname || '.' || c.relname FROM pg_class c "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.relkind IN ('r','p') AND n.nspname LIKE %s AND c.relname LIKE %s "
+                    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                    "AND n.nspname NOT LIKE 'pg\\_%%' "
                     "ORDER BY 1",
                     (
                         schema.replace("*", "%").replace("?", "_"),
