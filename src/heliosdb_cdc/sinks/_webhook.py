@@ -5,6 +5,10 @@ sha256=<hex HMAC-SHA256 of the exact body>`` (one ``sha256=`` value per active
 secret, comma-separated, when secrets are rotated), ``X-HeliosDB-Event-ID``,
 ``X-HeliosDB-Timestamp`` (when the request was signed) and
 ``X-HeliosDB-Sequence``. With ``batch_size > 1`` a POST carries a JSON array.
+With ``signature_scheme="standard"`` the Standard Webhooks headers (``webhook-id``,
+``webhook-timestamp``, ``webhook-signature``) replace ``X-HeliosDB-Signature``;
+``ssrf_guard`` re-checks the destination's addresses on every new connection
+(docs/security.md).
 
 Outcomes: any 2xx delivered; 408, 425, 429 and 5xx, timeouts and connection
 errors are retried (``Retry-After`` honoured); other 4xx fail for good and go
