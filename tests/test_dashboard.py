@@ -44,7 +44,7 @@ def _dashboard() -> dict[str, Any]:
 
 
 def _panels(dash: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for p in dash["panels"]:
         out.extend(p.get("panels", []) if p["type"] == "row" else [p])
     return out

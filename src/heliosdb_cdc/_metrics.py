@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 # no ``*_created`` gauge beside every counter and histogram: Prometheus 2.x scrapes them as
 # unrelated series, doubling the series count for nothing
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
