@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -28,6 +29,16 @@ from pydantic import (
 
 from ._errors import ConfigError
 from ._event import OperationType
+
+
+def _parse_ops(v: Any) -> Any:
+    """Operation names in any case (``insert``, ``INSERT``, ``SchemaChange``)."""
+    if isinstance(v, list):
+        return [OperationType.parse(x) if isinstance(x, str) else x for x in v]
+    return v
+
+
+OperationList = Annotated[list[OperationType], BeforeValidator(_parse_ops)]
 
 
 class _Model(BaseModel):
@@ -100,7 +111,7 @@ class WebhookConfig(_Model):
     @field_validator("bind_address")
     @classmethod
     def _bind(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
             raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
         return v
@@ -109,16 +120,9 @@ class WebhookConfig(_Model):
 class FilterConfig(_Model):
     name: str = "filter"
     tables: list[str] = Field(default_factory=list)
-    operations: list[OperationType] = Field(default_factory=list)
+    operations: OperationList = Field(default_factory=list)
     columns: dict[str, list[str]] = Field(default_factory=dict)
     predicate: str | None = None
-
-    @field_validator("operations", mode="before")
-    @classmethod
-    def _ops(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [OperationType.parse(x) if isinstance(x, str) else x for x in v]
-        return v
 
 
 class TransformationConfig(_Model):
@@ -147,18 +151,11 @@ class WebhookRegistration(_Model):
     url: str
     secret: SecretStr = SecretStr("")
     tables: list[str] = Field(default_factory=list)
-    operations: list[OperationType] = Field(default_factory=list)
+    operations: OperationList = Field(default_factory=list)
     filters: list[FilterConfig] = Field(default_factory=list)
     name: str | None = None
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
-
-    @field_validator("operations", mode="before")
-    @classmethod
-    def _ops(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [OperationType.parse(x) if isinstance(x, str) else x for x in v]
-        return v
 
 
 class Destination(_Model):
@@ -185,7 +182,7 @@ class StreamConfig(_Model):
     destination: Destination
     format: Literal["json", "avro"] = "json"
     secret: SecretStr | None = None
-    operations: list[OperationType] = Field(default_factory=list)
+    operations: OperationList = Field(default_factory=list)
     filters: list[FilterConfig] = Field(default_factory=list)
     snapshot: Literal["initial", "none"] = "none"
 

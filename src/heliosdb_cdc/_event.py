@@ -10,6 +10,20 @@ from typing import Any
 
 import orjson
 
+# the guide's default event, in its order
+EVENT_FIELDS = (
+    "event_id",
+    "timestamp",
+    "sequence",
+    "operation",
+    "database",
+    "table",
+    "key",
+    "value",
+    "old_value",
+    "transaction_id",
+)
+
 
 class OperationType(enum.Enum):
     """Kind of change, as in the guide's ``OperationType``."""
@@ -125,18 +139,7 @@ class CdcEvent:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CdcEvent:
-        known = {
-            "event_id",
-            "timestamp",
-            "sequence",
-            "operation",
-            "database",
-            "table",
-            "key",
-            "value",
-            "old_value",
-            "transaction_id",
-        }
+        known = set(EVENT_FIELDS)
         ts = d["timestamp"]
         return cls(
             event_id=d["event_id"],

@@ -28,22 +28,10 @@ from jsonpath_ng.ext import parse as jsonpath_parse
 
 from .._config import TransformationConfig
 from .._errors import FilterError
-from .._event import _json_default, dumps
+from .._event import EVENT_FIELDS, _json_default, dumps
 
 __all__ = ["TransformRegistry", "Transformation", "compile_transformation"]
 
-EVENT_FIELDS = (
-    "event_id",
-    "timestamp",
-    "sequence",
-    "operation",
-    "database",
-    "table",
-    "key",
-    "value",
-    "old_value",
-    "transaction_id",
-)
 
 SAMPLE_EVENT: dict[str, Any] = {
     "event_id": "evt_abc123",
