@@ -98,12 +98,7 @@ class Snapshotter:
         self._task = asyncio.create_task(self._run(), name=f"{self.stream}-{self.kind}")
 
     async def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self.stop()
         self.state["state"] = "cancelled"
         self.store.save_snapshot(self.stream, self.state)
 
