@@ -2,6 +2,7 @@
 
     pip install pyinstrument      # a bench-only tool, not a dependency of the package
     python bench/profile.py [--changes 100000] [--workload bulk|oltp] [--html out_dir]
+    python bench/profile.py --scenario webhook1     # the same, one event per POST to bench/receiver.py
 
 The service runs in this process, as in bench/null_service.py. Two profilers:
 one on the event-loop thread (stream runner, local-log reads, sink) and one on
@@ -104,7 +105,19 @@ async def main_async(args: argparse.Namespace) -> None:
         wl.create_table(pg.dsn)
         profile_capture_thread()
         loop_prof = Profiler(interval=0.001, async_mode="disabled")
-        server = WebhookServer(null_service.make_config(pg.dsn, str(work / "state")))
+        receiver = None
+        url = None
+        if args.scenario != "null":
+            import subprocess
+
+            from heliosdb_cdc._embedded import free_port
+
+            port = free_port()
+            receiver = subprocess.Popen([sys.executable, str(BENCH / "receiver.py"), "--port", str(port)])
+            url = f"http://127.0.0.1:{port}/hook"
+            await asyncio.sleep(1.5)
+        batch = 100 if args.scenario == "webhook_batch" else 1
+        server = WebhookServer(null_service.make_config(pg.dsn, str(work / "state"), url, batch))
         await server.start(serve_http=False)
         counter = null_service.Counter()
         counter.wrap(server.runners[null_service.STREAM].sink)
@@ -123,7 +136,11 @@ async def main_async(args: argparse.Namespace) -> None:
         secs = counter.last - t0
         loop_prof.stop()
         await server.stop()  # joins the capture thread: its profile is complete
-        print(f"{n} changes ({args.workload}) through WAL -> events -> memory sink in {secs:.2f}s "
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait()
+        what = "memory sink" if args.scenario == "null" else f"{args.scenario} (receiver process)"
+        print(f"{n} changes ({args.workload}) through WAL -> events -> {what} in {secs:.2f}s "
               f"= {n / secs:,.0f} changes/s (under the profiler)")  # fmt: skip
         html = Path(args.html) if args.html else None
         for prof in CAPTURE_PROFILES:
@@ -138,6 +155,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--changes", type=int, default=100_000)
     p.add_argument("--workload", choices=["bulk", "oltp"], default="bulk")
+    p.add_argument("--scenario", choices=["null", "webhook1", "webhook_batch"], default="null",
+                   help="null (scenario 2, default) or a webhook stream to bench/receiver.py")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--html", help="also write pyinstrument HTML reports to this directory")
     asyncio.run(main_async(p.parse_args()))

@@ -759,7 +759,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog-changes", type=int, default=0)
     p.add_argument("--json", help="write results here (default bench/results/<time>.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     args = p.parse_args(argv)
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        print(table(data["results"]))
+        print("ratios: " + json.dumps(data["ratios"]))
+        return 0
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     bad = [s for s in scenarios if s not in ALL]
     if bad:
