@@ -4,6 +4,7 @@
 
 Scenarios (see BENCHMARKS.md):
 
+  receiver       calibration: POSTs/s that bench/receiver.py takes from a raw HTTP load generator
   raw            bare pgoutput consumer (psycopg2, decode=False): the denominator
   null           WAL -> events -> memory sink, service in-process (bench/null_service.py)
   webhook1       service subprocess -> one event per POST -> receiver process
@@ -56,10 +57,11 @@ import workload as wl  # noqa: E402
 from heliosdb_cdc._embedded import EmbeddedPostgres, free_port  # noqa: E402
 
 CACHE = Path(os.environ.get("HELIOSDB_CDC_BENCH_CACHE", Path.home() / ".cache" / "heliosdb-cdc-bench"))
-ALL = ["raw", "null", "webhook1", "webhook_batch", "latency", "backlog", "kafka", "debezium", "pgstream"]
+ALL = ["receiver", "raw", "null", "webhook1", "webhook_batch", "latency", "backlog", "kafka", "debezium", "pgstream"]
 THROUGHPUT = ["raw", "null", "webhook1", "webhook_batch", "kafka", "debezium", "pgstream"]
 SECRET = "bench-secret"
 INSTALL_TIMEOUT = 300
+RECEIVER_IMPL = "raw"
 
 
 def log(msg: str) -> None:
@@ -133,7 +135,8 @@ class Receiver:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, str(BENCH / "receiver.py"), "--port", str(self.port), "--status", str(status)]
+        cmd = [sys.executable, str(BENCH / "receiver.py"), "--port", str(self.port), "--status", str(status),
+               "--impl", RECEIVER_IMPL]  # fmt: skip
         if latency:
             cmd.append("--latency")
         self.proc = spawn(cmd, workdir / f"receiver-{self.port}.log")
@@ -371,6 +374,20 @@ class Bench:
             rec.close()
         self.add({"scenario": name, "workload": workload, "batch_size": batch, **m})
 
+    def sc_receiver(self) -> None:
+        """Calibration: the receiver's capacity for one-event POSTs (bench/loadgen.py, its own process)."""
+        n = 10_000 if self.quick else 30_000
+        rec = Receiver(self.workdir)
+        try:
+            subprocess.run([sys.executable, str(BENCH / "loadgen.py"), rec.url, str(n), "64"], check=True, timeout=600,
+                           capture_output=True)  # fmt: skip
+            s = rec.stats()
+        finally:
+            rec.close()
+        secs = s["last_recv"] - s["first_recv"]
+        self.add({"scenario": "receiver", "workload": "POSTs", "changes": s["count"], "secs": round(secs, 3),
+                  "rate": round(s["count"] / secs, 1), "note": "calibration: raw HTTP load generator (bench/loadgen.py) -> receiver, 64 connections"})  # fmt: skip
+
     def sc_latency(self) -> None:
         for rate in self.rates:
             self.prepare()
@@ -557,6 +574,8 @@ class Bench:
                     elif sc == "webhook_batch":
                         for w in workloads:
                             self.sc_webhook(w, 100)
+                    elif sc == "receiver":
+                        self.sc_receiver()
                     elif sc == "latency":
                         self.sc_latency()
                     elif sc == "backlog":
@@ -707,6 +726,10 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
             out[f"{r['scenario']}_over_raw_{r['workload']}"] = round(r["rate"] / raw[r["workload"]], 3)
             r["ratio_to_raw"] = out[f"{r['scenario']}_over_raw_{r['workload']}"]
     wh = {r["workload"]: r["rate"] for r in results if r["scenario"] == "webhook1" and r.get("rate")}
+    cap = next((r["rate"] for r in results if r["scenario"] == "receiver" and r.get("rate")), None)
+    if cap:
+        for w, rate in wh.items():
+            out[f"webhook1_over_receiver_capacity_{w}"] = round(rate / cap, 3)
     for r in results:
         if r["scenario"] == "debezium" and r.get("rate") and wh.get(r["workload"]):
             out[f"webhook1_over_debezium_{r['workload']}"] = round(wh[r["workload"]] / r["rate"], 2)
@@ -759,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog-changes", type=int, default=0)
     p.add_argument("--json", help="write results here (default bench/results/<time>.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--receiver", choices=["raw", "aiohttp"], default="raw",
+                   help="receiver server: raw asyncio HTTP/1.1 (default) or aiohttp.web")
     p.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     args = p.parse_args(argv)
     if args.report:
@@ -771,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown scenario(s) {bad}; choose from {ALL}")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    global RECEIVER_IMPL
+    RECEIVER_IMPL = args.receiver
     bench = Bench(args)
     started = time.time()
     bench.run(scenarios, workloads)
@@ -781,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_secs": round(time.time() - started, 1),
         "machine": machine(),
         "postgres": bench.settings,
+        "receiver": RECEIVER_IMPL,
         "sizes": {"bulk": bench.n_bulk, "oltp": bench.n_oltp, "backlog": bench.n_backlog,
                   "latency_secs": bench.latency_secs, "rates": bench.rates},  # fmt: skip
         "results": bench.results,
