@@ -141,3 +141,36 @@ async def test_kinesis_every_change_in_key_order(
             schemas[fingerprint(sch)] = sch
         events = [decode_single_object(data, schemas) for _, data in records]
     check_order(events, written)
+
+
+async def test_unreachable_broker_does_not_block_create(pg_db: PgDatabase, tmp_path: Path) -> None:
+    import time
+
+    from heliosdb_cdc._embedded import free_port
+
+    pg_db.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    cfg = make_config(pg_db, tmp_path)
+    async with WebhookServer(cfg) as server:
+        t0 = time.monotonic()
+        await server.create_stream(
+            StreamConfig(
+                name="k",
+                tables=["orders"],
+                destination=Destination(
+                    type="kafka", address=f"127.0.0.1:{free_port()}", topic="t", options={"timeout_s": 3}
+                ),
+            )
+        )
+        assert time.monotonic() - t0 < 5
+        pg_db.execute("INSERT INTO orders VALUES (1)")
+        for _ in range(300):
+            if server.stream_status("k")["last_error"]:
+                break
+            await asyncio.sleep(0.1)
+        status = server.stream_status("k")
+        assert status["state"] == "running"
+        assert status["events_delivered"] == 0
+        assert "127.0.0.1" in (status["last_error"] or "")
+        t1 = time.monotonic()
+        await server.drop_stream("k")
+        assert time.monotonic() - t1 < 15

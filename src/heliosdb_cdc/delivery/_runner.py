@@ -163,16 +163,9 @@ class StreamRunner:
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, cursor: int) -> None:
+        """Start the stream's tasks; the destination is connected in the background, so
+        an unreachable broker never blocks CREATE or the service's start."""
         self.cursor = self._saved_cursor = self._last_read = cursor
-        committed = getattr(self.sink, "committed_sequence", None)
-        await self.sink.start()
-        if committed is not None:
-            seq = await committed()
-            if seq is not None and seq > cursor:
-                log.info("stream %s: destination holds events through %d; resuming there", self.name, seq)
-                self.cursor = self._saved_cursor = self._last_read = seq
-        if self.record_deliveries:
-            self._skip_ids = await asyncio.to_thread(self.store.delivered_after, self.endpoint, self.cursor)
         self._stop.clear()
         self._lanes = [asyncio.Queue() for _ in range(max(1, self.sink.lanes))]
         self._tasks = [asyncio.create_task(self._lane(q), name=f"{self.name}-lane") for q in self._lanes]
@@ -196,7 +189,8 @@ class StreamRunner:
                 await t
         self._tasks = []
         await self._checkpoint()
-        await self.sink.close()
+        with contextlib.suppress(Exception):
+            await self.sink.close()
 
     def pause(self) -> None:
         self.paused = True
@@ -207,7 +201,42 @@ class StreamRunner:
         self._resume.set()
 
     # -- reader --------------------------------------------------------------------
+    async def _connect(self) -> None:
+        """Start the sink and find where the destination says we are; retry with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                await self.sink.start()
+                committed = getattr(self.sink, "committed_sequence", None)
+                if committed is not None:
+                    seq = await committed()
+                    if seq is not None and seq > self.cursor:
+                        log.info(
+                            "stream %s: destination holds events through %d; resuming there",
+                            self.name,
+                            seq,
+                        )
+                        self.cursor = self._saved_cursor = self._last_read = seq
+                if self.record_deliveries:
+                    self._skip_ids = await asyncio.to_thread(
+                        self.store.delivered_after, self.endpoint, self.cursor
+                    )
+                if self.stats.last_error and self.stats.last_error.startswith("cannot start"):
+                    self.stats.last_error = None
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                msg = f"cannot start the destination: {exc}"
+                if self.stats.last_error != msg:
+                    log.error("stream %s: %s; retrying", self.name, msg)
+                self.stats.last_error = msg
+                self.stats.last_error_at = time.time()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
     async def _reader(self) -> None:
+        await self._connect()
         lanes = self._lanes
         n_lanes = len(lanes)
         pos = self.cursor + 1
