@@ -82,10 +82,30 @@ def hot_spots(prof: Profiler, top: int) -> tuple[float, list[tuple[str, float]]]
     return total, [(k, 100.0 * v / total if total else 0.0) for k, v in ranked]
 
 
+def by_package(spots: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Self time summed per package (heliosdb_cdc per module, libraries whole)."""
+    out: dict[str, float] = defaultdict(float)
+    for name, pct in spots:
+        path = name.split(":", 1)[0]
+        parts = path.split("/")
+        if parts[0] == "heliosdb_cdc" and len(parts) > 1:
+            key = "/".join(parts[:-1]) + "/" + parts[-1]
+        elif parts[0] == "<built-in>":
+            key = name
+        else:
+            key = parts[0]
+        out[key] += pct
+    return sorted(out.items(), key=lambda kv: -kv[1])
+
+
 def report(title: str, prof: Profiler, top: int, html_dir: Path | None) -> None:
     total, spots = hot_spots(prof, top)
     print(f"\n== {title}: {total:.2f}s of wall time sampled; top self time ==")
     for name, pct in spots:
+        print(f"  {pct:5.1f}%  {name}")
+    _, every = hot_spots(prof, 10_000)
+    print(f"\n-- {title}: self time by module (heliosdb_cdc) or library --")
+    for name, pct in by_package(every)[:top]:
         print(f"  {pct:5.1f}%  {name}")
     print(f"\n-- {title}: call tree (frames >= 3%) --")
     print(prof.output_text(unicode=False, color=False, show_all=False, time="percent_of_total",
