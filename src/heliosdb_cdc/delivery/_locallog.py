@@ -414,7 +414,8 @@ class LocalLog:
         out: list[Record] = []
         chunk = 4 * 1024 * 1024
         last = self.last_seq
-        while len(out) < max_n:
+        ahead = False  # met a record the writer has not published yet
+        while len(out) < max_n and not ahead:
             try:
                 with open(self._path(seg), "rb") as f:
                     f.seek(offset)
@@ -429,11 +430,16 @@ class LocalLog:
                 if end > n:
                     break
                 seq, lsn, ts, kind, table, key, body, idx = _parse_payload(data[pos + 8 : end])
+                if kind < KIND_SEGMENT and seq > last:
+                    # written to the file but not yet counted by the writer: stop before
+                    # it, so the cached position never skips it
+                    ahead = True
+                    break
                 pos = end
-                if kind < KIND_SEGMENT and from_seq <= seq <= last:
+                if kind < KIND_SEGMENT and seq >= from_seq:
                     out.append(Record(seq, lsn, ts, kind, table, key, body, idx))
             offset += pos
-            if len(out) >= max_n:
+            if len(out) >= max_n or ahead:
                 break
             if n == chunk:  # more of this segment to read
                 if pos == 0:

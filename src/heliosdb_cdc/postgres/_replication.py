@@ -277,7 +277,6 @@ class Capture:
         per_table: dict[str, int],
     ) -> None:
         self.log.append(events, commits, order)
-        before = self.log.durable.end_lsn
         pos = self.log.sync_to_disk()
         dec = self._decoder
         if dec is not None and dec.schema_changed:
@@ -287,7 +286,7 @@ class Capture:
             EVENTS_PROCESSED.labels(table).inc(n)
         self.status.events += len(events)
         LOCAL_LOG_BYTES.set(self.log.size_bytes)
-        if pos.end_lsn > before:
+        if pos.end_lsn > self.status.confirmed_lsn:  # (a segment roll may have synced already)
             cur.send_feedback(write_lsn=pos.end_lsn, flush_lsn=pos.end_lsn, force=True)
             self.status.confirmed_lsn = pos.end_lsn
             CONFIRMED_LSN.labels(self._metric_slot).set(pos.end_lsn)
