@@ -400,3 +400,22 @@ def test_rolls_of_empty_transactions_keep_size_and_position(tmp_path: Path) -> N
     assert again.durable == end
     assert [r.seq for r in again.read_disk(1, 10)] == [1]
     again.close()
+
+
+def test_disk_read_never_skips_a_record_written_but_not_yet_published(tmp_path: Path) -> None:
+    from heliosdb_cdc.delivery._locallog import OP_CODES, _frame
+
+    log = LocalLog(tmp_path / "log", memory_events=1, sync=False)
+    log.open()
+    log.append(
+        [(1, 10, 0, "INSERT", "t", b"{}", b"{}", 1), (2, 10, 0, "INSERT", "t", b"{}", b"{}", 2)],
+        [(2, 10, 11, 0)],
+        [0, 0, 1],
+    )
+    # the writer has put record 3 in the file but not yet counted it (a race with readers)
+    assert log._file is not None
+    log._file.write(_frame(3, 20, 0, OP_CODES["INSERT"], b"t", b"{}", b"{}", 1))
+    log._file.flush()
+    assert [r.seq for r in log.read_disk(1, 10)] == [1, 2]
+    log._next_seq = 4  # now published
+    assert [r.seq for r in log.read_disk(3, 10)] == [3]
