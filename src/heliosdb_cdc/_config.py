@@ -91,7 +91,7 @@ class CdcConfig(_Model):
     poll_interval_ms: int = Field(50, ge=1)
     max_log_bytes: int = Field(10 * 1024**3, ge=1024 * 1024)
     segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
-    memory_queue_events: int = Field(50_000, ge=100)
+    memory_queue_events: int = Field(10_000, ge=100)
     snapshot_chunk_size: int = Field(1000, ge=1, le=100_000)
 
 

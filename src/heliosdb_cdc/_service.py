@@ -362,7 +362,7 @@ class WebhookServer:
             return KinesisSink.for_stream(cfg), f"kinesis://{dest.region}/{dest.address}"
         from .sinks._memory import MemorySink
 
-        return MemorySink(cfg.name), f"memory://{cfg.name}"
+        return MemorySink(cfg.name, keep=bool(dest.options.get("keep", True))), f"memory://{cfg.name}"
 
     def _filters_for(self, cfg: StreamConfig) -> list[FilterConfig]:
         """Top-level filters naming one of the stream's tables, then the stream's own."""

@@ -15,11 +15,14 @@ class MemorySink:
         lanes: int = 4,
         max_batch: int = 100,
         decide: Callable[[OutboundEvent], SinkResult] | None = None,
+        keep: bool = True,
     ) -> None:
         self.name = name
         self.lanes = lanes
         self.max_batch = max_batch
         self.received: list[OutboundEvent] = []
+        self.keep = keep  # False: count only (a null sink for benchmarks)
+        self.count = 0
         self.calls = 0
         self._decide = decide
         self.changed = asyncio.Event()
@@ -35,7 +38,9 @@ class MemorySink:
         for ev in batch:
             res = self._decide(ev) if self._decide else DELIVERED
             if res.ok:
-                self.received.append(ev)
+                self.count += 1
+                if self.keep:
+                    self.received.append(ev)
             results.append(res)
         self.changed.set()
         return results
