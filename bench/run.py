@@ -408,7 +408,9 @@ class Bench:
         time.sleep(0.3)
         s = rec.stats()
         lat = s.get("latency_ms", {})
+        first_delay = round((s["first_recv"] - s["min_commit"]) * 1000, 1) if s.get("min_commit") else None
         return {
+            "first_event_ms": first_delay,
             "scenario": scenario, "workload": f"oltp@{rate}/s", "changes": n,
             "achieved_rate": round(n / w["write_secs"], 1),
             "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"), "p999_ms": lat.get("p999"), "max_ms": lat.get("max"),
