@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import ssl
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -31,6 +32,18 @@ from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
 from ._ssrf import GuardedResolver, SsrfGuard, SsrfRefused
 
 RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+_TS_CACHE: list[object] = [0, ""]
+
+
+def _now_header() -> str:
+    """The signing time to the second, formatted once per second."""
+    now = int(time.time())
+    if _TS_CACHE[0] != now:
+        _TS_CACHE[0] = now
+        _TS_CACHE[1] = datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(_TS_CACHE[1])
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -83,6 +96,7 @@ class WebhookSink:
         self._std_keys = [standard_webhooks.parse_secret(s) for s in self.secrets] if std else []
         self.ssrf_guard = ssrf_guard
         self._session: aiohttp.ClientSession | None = None
+        self._literal_verdict: str | None = None  # "" allowed, else the refusal
 
     async def start(self) -> None:
         if self._session is None or self._session.closed:
@@ -109,7 +123,7 @@ class WebhookSink:
         headers = {
             "Content-Type": "application/json",
             "X-HeliosDB-Event-ID": first.event_id,
-            "X-HeliosDB-Timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "X-HeliosDB-Timestamp": _now_header(),
             "X-HeliosDB-Sequence": str(first.sequence),
         }
         if len(events) > 1:
@@ -140,10 +154,16 @@ class WebhookSink:
                 f"{self.max_payload_bytes}",
             )
         if self.ssrf_guard is not None:
-            try:  # IP-literal hosts never reach the resolver
-                self.ssrf_guard.check_literal_url(self.url)
-            except SsrfRefused as exc:
-                return SinkResult(Outcome.FAILED, str(exc))
+            # IP-literal hosts never reach the resolver; the verdict for a literal depends on
+            # the URL alone, so it is computed once
+            if self._literal_verdict is None:
+                try:
+                    self.ssrf_guard.check_literal_url(self.url)
+                    self._literal_verdict = ""
+                except SsrfRefused as exc:
+                    self._literal_verdict = str(exc)
+            if self._literal_verdict:
+                return SinkResult(Outcome.FAILED, self._literal_verdict)
         if self._session is None:
             await self.start()
         assert self._session is not None
