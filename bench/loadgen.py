@@ -17,16 +17,29 @@ import orjson
 
 BODY = orjson.dumps(
     {
-        "event_id": "evt_0000000001a2b3c4_000001", "timestamp": "2026-01-04T12:00:00.123456Z",
-        "sequence": 1, "operation": "INSERT", "database": "postgres", "table": "bench_events",
+        "event_id": "evt_0000000001a2b3c4_000001",
+        "timestamp": "2026-01-04T12:00:00.123456Z",
+        "sequence": 1,
+        "operation": "INSERT",
+        "database": "postgres",
+        "table": "bench_events",
         "key": {"id": 1},
-        "value": {"id": 1, "account": 1, "amount": 12345.67, "note": "order note 1 " + "c4ca4238a0b923820dcc509a6f75849b",
-                  "code": "code-1", "active": False, "created_at": "2026-01-04T12:00:00.123456Z",
-                  "payload": {"k": 1, "tags": ["a", "b"], "ok": True},
-                  "ref": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "score": 123.456},
-        "old_value": None, "transaction_id": "txn_1234",
+        "value": {
+            "id": 1,
+            "account": 1,
+            "amount": 12345.67,
+            "note": "order note 1 " + "c4ca4238a0b923820dcc509a6f75849b",
+            "code": "code-1",
+            "active": False,
+            "created_at": "2026-01-04T12:00:00.123456Z",
+            "payload": {"k": 1, "tags": ["a", "b"], "ok": True},
+            "ref": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "score": 123.456,
+        },
+        "old_value": None,
+        "transaction_id": "txn_1234",
     }
-)  # fmt: skip
+)
 
 
 class Client(asyncio.Protocol):

@@ -108,8 +108,16 @@ def report(title: str, prof: Profiler, top: int, html_dir: Path | None) -> None:
     for name, pct in by_package(every)[:top]:
         print(f"  {pct:5.1f}%  {name}")
     print(f"\n-- {title}: call tree (frames >= 3%) --")
-    print(prof.output_text(unicode=False, color=False, show_all=False, time="percent_of_total",
-                           flat=False, processor_options={"filter_threshold": 0.03}))  # fmt: skip
+    print(
+        prof.output_text(
+            unicode=False,
+            color=False,
+            show_all=False,
+            time="percent_of_total",
+            flat=False,
+            processor_options={"filter_threshold": 0.03},
+        )
+    )
     if html_dir is not None:
         html_dir.mkdir(parents=True, exist_ok=True)
         out = html_dir / f"profile-{title.replace(' ', '_')}.html"
@@ -160,8 +168,10 @@ async def main_async(args: argparse.Namespace) -> None:
             receiver.terminate()
             receiver.wait()
         what = "memory sink" if args.scenario == "null" else f"{args.scenario} (receiver process)"
-        print(f"{n} changes ({args.workload}) through WAL -> events -> {what} in {secs:.2f}s "
-              f"= {n / secs:,.0f} changes/s (under the profiler)")  # fmt: skip
+        print(
+            f"{n} changes ({args.workload}) through WAL -> events -> {what} in {secs:.2f}s "
+            f"= {n / secs:,.0f} changes/s (under the profiler)"
+        )
         html = Path(args.html) if args.html else None
         for prof in CAPTURE_PROFILES:
             report("capture thread", prof, args.top, html)
@@ -175,8 +185,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--changes", type=int, default=100_000)
     p.add_argument("--workload", choices=["bulk", "oltp"], default="bulk")
-    p.add_argument("--scenario", choices=["null", "webhook1", "webhook_batch"], default="null",
-                   help="null (scenario 2, default) or a webhook stream to bench/receiver.py")
+    p.add_argument(
+        "--scenario",
+        choices=["null", "webhook1", "webhook_batch"],
+        default="null",
+        help="null (scenario 2, default) or a webhook stream to bench/receiver.py",
+    )
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--html", help="also write pyinstrument HTML reports to this directory")
     asyncio.run(main_async(p.parse_args()))

@@ -256,8 +256,12 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--latency", action="store_true")
-    p.add_argument("--impl", choices=["raw", "aiohttp"], default="raw",
-                   help="raw: minimal asyncio HTTP/1.1 server (default); aiohttp: aiohttp.web")
+    p.add_argument(
+        "--impl",
+        choices=["raw", "aiohttp"],
+        default="raw",
+        help="raw: minimal asyncio HTTP/1.1 server (default); aiohttp: aiohttp.web",
+    )
     a = p.parse_args()
     state = State(a.status, a.latency)
     app = build_app(state)

@@ -57,7 +57,18 @@ import workload as wl  # noqa: E402
 from heliosdb_cdc._embedded import EmbeddedPostgres, free_port  # noqa: E402
 
 CACHE = Path(os.environ.get("HELIOSDB_CDC_BENCH_CACHE", Path.home() / ".cache" / "heliosdb-cdc-bench"))
-ALL = ["receiver", "raw", "null", "webhook1", "webhook_batch", "latency", "backlog", "kafka", "debezium", "pgstream"]
+ALL = [
+    "receiver",
+    "raw",
+    "null",
+    "webhook1",
+    "webhook_batch",
+    "latency",
+    "backlog",
+    "kafka",
+    "debezium",
+    "pgstream",
+]
 THROUGHPUT = ["raw", "null", "webhook1", "webhook_batch", "kafka", "debezium", "pgstream"]
 SECRET = "bench-secret"
 INSTALL_TIMEOUT = 300
@@ -69,12 +80,19 @@ def log(msg: str) -> None:
 
 
 # -- processes ------------------------------------------------------------------------------------
-def spawn(cmd: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: list[str], log_path: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     f = open(log_path, "ab")
     return subprocess.Popen(
-        cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-        env={**os.environ, **(env or {})}, start_new_session=True,
-    )  # fmt: skip
+        cmd,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
@@ -135,8 +153,16 @@ class Receiver:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, str(BENCH / "receiver.py"), "--port", str(self.port), "--status", str(status),
-               "--impl", RECEIVER_IMPL]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(BENCH / "receiver.py"),
+            "--port",
+            str(self.port),
+            "--status",
+            str(status),
+            "--impl",
+            RECEIVER_IMPL,
+        ]
         if latency:
             cmd.append("--latency")
         self.proc = spawn(cmd, workdir / f"receiver-{self.port}.log")
@@ -158,7 +184,9 @@ class Receiver:
         http_json(f"{self.base}/_mode?{q}", "POST")
 
     def wait_count(self, n: int, timeout: float) -> dict[str, Any]:
-        return wait_until(lambda: (s := self.stats())["count"] >= n and s, timeout, f"{n} events at the receiver", 0.1)
+        return wait_until(
+            lambda: (s := self.stats())["count"] >= n and s, timeout, f"{n} events at the receiver", 0.1
+        )
 
     def close(self) -> None:
         stop(self.proc)
@@ -206,18 +234,29 @@ class Bench:
 
     def start_pg(self) -> None:
         self.pg.start()
-        for name in ("server_version", "fsync", "synchronous_commit", "wal_level", "shared_buffers",
-                     "track_commit_timestamp", "logical_decoding_work_mem"):  # fmt: skip
+        for name in (
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "wal_level",
+            "shared_buffers",
+            "track_commit_timestamp",
+            "logical_decoding_work_mem",
+        ):
             self.settings[name] = str(self.sql(f"SHOW {name}")[0][0])
         wl.create_table(self.dsn)
-        log(f"PostgreSQL {self.settings['server_version']} on {self.dsn}, fsync={self.settings['fsync']}, "
-            f"synchronous_commit={self.settings['synchronous_commit']}")  # fmt: skip
+        log(
+            f"PostgreSQL {self.settings['server_version']} on {self.dsn}, fsync={self.settings['fsync']}, "
+            f"synchronous_commit={self.settings['synchronous_commit']}"
+        )
 
     def slot_active(self, slot: str) -> bool:
         return bool(self.sql("SELECT 1 FROM pg_replication_slots WHERE slot_name=%s AND active", (slot,)))
 
     def drop_slots(self) -> None:
-        wait_until(lambda: not self.sql("SELECT 1 FROM pg_replication_slots WHERE active"), 30, "slots to go idle")
+        wait_until(
+            lambda: not self.sql("SELECT 1 FROM pg_replication_slots WHERE active"), 30, "slots to go idle"
+        )
         self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
 
     def prepare(self) -> None:
@@ -227,10 +266,7 @@ class Bench:
         self.sql("CHECKPOINT")
 
     def write(self, workload: str, n: int) -> dict[str, Any]:
-        if workload == "bulk":
-            w = wl.run_bulk(self.dsn, n)
-        else:
-            w = wl.run_oltp(self.pg.bindir, self.dsn, n)
+        w = wl.run_bulk(self.dsn, n) if workload == "bulk" else wl.run_oltp(self.pg.bindir, self.dsn, n)
         total = wl.count_rows(self.dsn)
         first, last = wl.commit_span(self.dsn)
         return {**w, "changes": total, "first_commit": first, "last_commit": last}
@@ -238,7 +274,9 @@ class Bench:
     def n_for(self, workload: str) -> int:
         return self.n_bulk if workload == "bulk" else self.n_oltp
 
-    def measure(self, workload: str, progress: Callable[[], dict[str, Any]], w: dict[str, Any] | None = None) -> dict[str, Any]:
+    def measure(
+        self, workload: str, progress: Callable[[], dict[str, Any]], w: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Write the workload (unless already written: catch-up), wait for the consumer, compute the rate.
 
         live (bulk, oltp): changes / (receipt of the last change - commit of the first);
@@ -247,10 +285,17 @@ class Bench:
         if w is None:
             w = self.write(workload, self.n_for(workload))
         n = w["changes"]
-        st = wait_until(lambda: (s := progress()).get("count", 0) >= n and s, self.timeout, f"{n} changes", 0.1)
+        st = wait_until(
+            lambda: (s := progress()).get("count", 0) >= n and s, self.timeout, f"{n} changes", 0.1
+        )
         if workload == "catchup":
             secs = st["last_recv"] - st["first_recv"]
-            return {"changes": n, "secs": round(secs, 3), "rate": round(n / secs, 1), "count_seen": st["count"]}
+            return {
+                "changes": n,
+                "secs": round(secs, 3),
+                "rate": round(n / secs, 1),
+                "count_seen": st["count"],
+            }
         secs = st["last_recv"] - w["first_commit"]
         return {
             "changes": n,
@@ -261,7 +306,14 @@ class Bench:
             "count_seen": st["count"],
         }
 
-    def throughput(self, workload: str, slot: str, start: Callable[[], tuple[Callable[[], None], Callable[[], dict[str, Any]], Callable[[], dict[str, Any]]]]) -> dict[str, Any]:  # fmt: skip
+    def throughput(
+        self,
+        workload: str,
+        slot: str,
+        start: Callable[
+            [], tuple[Callable[[], None], Callable[[], dict[str, Any]], Callable[[], dict[str, Any]]]
+        ],
+    ) -> dict[str, Any]:
         """One throughput run: ``start()`` -> (stop, progress, extra) of a consumer of ``slot``."""
         self.prepare()
         w = None
@@ -294,9 +346,20 @@ class Bench:
             self.ensure_slot("bench_raw")
             status = self.workdir / "raw.status"
             status.unlink(missing_ok=True)
-            proc = spawn([sys.executable, str(BENCH / "raw_consumer.py"), self.dsn, "bench_raw", "bench_raw", str(status)],
-                         self.workdir / "raw.log")  # fmt: skip
-            wait_until(lambda: read_status(status).get("ready") and self.slot_active("bench_raw"), 30, "raw consumer")
+            proc = spawn(
+                [
+                    sys.executable,
+                    str(BENCH / "raw_consumer.py"),
+                    self.dsn,
+                    "bench_raw",
+                    "bench_raw",
+                    str(status),
+                ],
+                self.workdir / "raw.log",
+            )
+            wait_until(
+                lambda: read_status(status).get("ready") and self.slot_active("bench_raw"), 30, "raw consumer"
+            )
             return (lambda: stop(proc)), (lambda: read_status(status)), dict
 
         self.add({"scenario": "raw", "workload": workload, **self.throughput(workload, "bench_raw", start)})
@@ -307,9 +370,15 @@ class Bench:
             status.unlink(missing_ok=True)
             state = self.workdir / f"null-{workload}"
             shutil.rmtree(state, ignore_errors=True)
-            proc = spawn([sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)],
-                         self.workdir / "null.log")  # fmt: skip
-            wait_until(lambda: read_status(status).get("ready") and self.slot_active("bench_null"), 60, "null service")
+            proc = spawn(
+                [sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)],
+                self.workdir / "null.log",
+            )
+            wait_until(
+                lambda: read_status(status).get("ready") and self.slot_active("bench_null"),
+                60,
+                "null service",
+            )
 
             def extra() -> dict[str, Any]:
                 return {"peak_rss_mb": round(read_status(status).get("rss_hwm_kb", 0) / 1024, 1)}
@@ -318,8 +387,13 @@ class Bench:
 
         self.add({"scenario": "null", "workload": workload, **self.throughput(workload, "bench_null", start)})
 
-    def service_config(self, name: str, url: str, webhook: dict[str, Any] | None = None,
-                       streams: list[dict[str, Any]] | None = None) -> tuple[Path, str]:  # fmt: skip
+    def service_config(
+        self,
+        name: str,
+        url: str,
+        webhook: dict[str, Any] | None = None,
+        streams: list[dict[str, Any]] | None = None,
+    ) -> tuple[Path, str]:
         port = free_port()
         state = self.workdir / f"svc-{name}"
         shutil.rmtree(state, ignore_errors=True)
@@ -340,12 +414,19 @@ class Bench:
 
     def start_service(self, cfg: Path, api: str) -> subprocess.Popen[bytes]:
         exe = shutil.which("heliosdb-cdc")
-        cmd = [exe, "run", "-c", str(cfg)] if exe else [sys.executable, "-m", "heliosdb_cdc.cli", "run", "-c", str(cfg)]
+        cmd = (
+            [exe, "run", "-c", str(cfg)]
+            if exe
+            else [sys.executable, "-m", "heliosdb_cdc.cli", "run", "-c", str(cfg)]
+        )
         proc = spawn(cmd, cfg.parent / "service.log")
 
         def healthy() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"service exited with {proc.returncode}: {(cfg.parent / 'service.log').read_text()[-1500:]}")
+                raise RuntimeError(
+                    f"service exited with {proc.returncode}: "
+                    f"{(cfg.parent / 'service.log').read_text()[-1500:]}"
+                )
             try:
                 http_json(api + "/health", timeout=1)
             except OSError:
@@ -364,7 +445,10 @@ class Bench:
             proc = self.start_service(cfg, api)
 
             def extra() -> dict[str, Any]:
-                return {"requests": rec.stats()["requests"], "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1)}
+                return {
+                    "requests": rec.stats()["requests"],
+                    "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1),
+                }
 
             return (lambda: stop(proc)), rec.stats, extra
 
@@ -379,14 +463,26 @@ class Bench:
         n = 10_000 if self.quick else 30_000
         rec = Receiver(self.workdir)
         try:
-            subprocess.run([sys.executable, str(BENCH / "loadgen.py"), rec.url, str(n), "64"], check=True, timeout=600,
-                           capture_output=True)  # fmt: skip
+            subprocess.run(
+                [sys.executable, str(BENCH / "loadgen.py"), rec.url, str(n), "64"],
+                check=True,
+                timeout=600,
+                capture_output=True,
+            )
             s = rec.stats()
         finally:
             rec.close()
         secs = s["last_recv"] - s["first_recv"]
-        self.add({"scenario": "receiver", "workload": "POSTs", "changes": s["count"], "secs": round(secs, 3),
-                  "rate": round(s["count"] / secs, 1), "note": "calibration: raw HTTP load generator (bench/loadgen.py) -> receiver, 64 connections"})  # fmt: skip
+        self.add(
+            {
+                "scenario": "receiver",
+                "workload": "POSTs",
+                "changes": s["count"],
+                "secs": round(secs, 3),
+                "rate": round(s["count"] / secs, 1),
+                "note": "calibration: raw HTTP load generator (bench/loadgen.py) -> receiver, 64 connections",
+            }
+        )
 
     def sc_latency(self) -> None:
         for rate in self.rates:
@@ -411,10 +507,15 @@ class Bench:
         first_delay = round((s["first_recv"] - s["min_commit"]) * 1000, 1) if s.get("min_commit") else None
         return {
             "first_event_ms": first_delay,
-            "scenario": scenario, "workload": f"oltp@{rate}/s", "changes": n,
+            "scenario": scenario,
+            "workload": f"oltp@{rate}/s",
+            "changes": n,
             "achieved_rate": round(n / w["write_secs"], 1),
-            "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"), "p999_ms": lat.get("p999"), "max_ms": lat.get("max"),
-        }  # fmt: skip
+            "p50_ms": lat.get("p50"),
+            "p99_ms": lat.get("p99"),
+            "p999_ms": lat.get("p999"),
+            "max_ms": lat.get("max"),
+        }
 
     def sc_backlog(self) -> None:
         self.prepare()
@@ -437,11 +538,14 @@ class Bench:
             # everything captured into the local log (the slot confirmed past the last commit)
             wait_until(
                 lambda: self.sql(
-                    "SELECT 1 FROM pg_replication_slots WHERE slot_name='bench_svc' AND confirmed_flush_lsn >= %s",
+                    "SELECT 1 FROM pg_replication_slots "
+                    "WHERE slot_name='bench_svc' AND confirmed_flush_lsn >= %s",
                     (end_lsn,),
                 ),
-                self.timeout, "the backlog to be captured", 0.2,
-            )  # fmt: skip
+                self.timeout,
+                "the backlog to be captured",
+                0.2,
+            )
             captured_at = time.time()
             time.sleep(3)  # retries and the open breaker against the dead endpoint
             rss_backlog = vm_hwm_kb(proc.pid)
@@ -450,14 +554,21 @@ class Bench:
             t_recover = time.time()
             s = rec.wait_count(n, self.timeout)
             drain = s["last_recv"] - t_recover
-            self.add({
-                "scenario": "backlog", "workload": "bulk", "changes": n,
-                "capture_rate": round(n / (captured_at - w["first_commit"]), 1),
-                "drain_secs": round(drain, 2), "drain_rate": round(n / drain, 1),
-                "rss_idle_mb": round(rss_idle / 1024, 1), "rss_backlog_mb": round(rss_backlog / 1024, 1),
-                "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1), "refused_requests": refused,
-                "delivered_events": s["count"],
-            })  # fmt: skip
+            self.add(
+                {
+                    "scenario": "backlog",
+                    "workload": "bulk",
+                    "changes": n,
+                    "capture_rate": round(n / (captured_at - w["first_commit"]), 1),
+                    "drain_secs": round(drain, 2),
+                    "drain_rate": round(n / drain, 1),
+                    "rss_idle_mb": round(rss_idle / 1024, 1),
+                    "rss_backlog_mb": round(rss_backlog / 1024, 1),
+                    "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1),
+                    "refused_requests": refused,
+                    "delivered_events": s["count"],
+                }
+            )
         finally:
             stop(proc)
             rec.close()
@@ -487,7 +598,13 @@ class Bench:
             (self.workdir / "kafka").mkdir(exist_ok=True)
             broker.start()
         except Exception as exc:
-            self.add({"scenario": "kafka", "workload": "-", "note": f"not available: broker did not start: {str(exc)[:200]}"})
+            self.add(
+                {
+                    "scenario": "kafka",
+                    "workload": "-",
+                    "note": f"not available: broker did not start: {str(exc)[:200]}",
+                }
+            )
             return
         try:
             from confluent_kafka.admin import AdminClient, NewTopic
@@ -495,11 +612,14 @@ class Bench:
             admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
             for workload in workloads:
                 topic = f"bench_{workload}"
-                admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
+                admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(
+                    30
+                )
                 stream = {
-                    "name": "bench_kafka", "tables": [wl.TABLE],
+                    "name": "bench_kafka",
+                    "tables": [wl.TABLE],
                     "destination": {"type": "kafka", "address": broker.bootstrap, "topic": topic},
-                }  # fmt: skip
+                }
 
                 def start(workload: str = workload, stream: dict[str, Any] = stream) -> Any:
                     cfg, api = self.service_config(f"kafka-{workload}", "", streams=[stream])
@@ -511,8 +631,15 @@ class Bench:
                     )
 
                 m = self.throughput(workload, "bench_svc", start)
-                self.add({"scenario": "kafka", "workload": workload, "format": "json", **m,
-                          "note": "acknowledged by the broker; last-ack time polled every 20 ms"})  # fmt: skip
+                self.add(
+                    {
+                        "scenario": "kafka",
+                        "workload": workload,
+                        "format": "json",
+                        **m,
+                        "note": "acknowledged by the broker; last-ack time polled every 20 ms",
+                    }
+                )
         finally:
             broker.stop()
 
@@ -528,12 +655,21 @@ class Bench:
             rec = Receiver(self.workdir, latency=workload == "latency")
             wd = self.workdir / f"debezium-{workload}"
             (wd / "conf").mkdir(parents=True, exist_ok=True)
-            (wd / "conf" / "application.properties").write_text(debezium_properties(self.pg.port, rec.url, wd))
+            (wd / "conf" / "application.properties").write_text(
+                debezium_properties(self.pg.port, rec.url, wd)
+            )
             runner = next(dist.glob("debezium-server-*runner.jar"))
-            cmd = ["java", "-Xmx1g", "-cp", f"{runner}:{wd / 'conf'}:{dist / 'lib'}/*", "io.debezium.server.Main"]
+            cmd = [
+                "java",
+                "-Xmx1g",
+                "-cp",
+                f"{runner}:{wd / 'conf'}:{dist / 'lib'}/*",
+                "io.debezium.server.Main",
+            ]
             proc = spawn(cmd, wd / "debezium.log", cwd=wd)
             try:
-                def ready() -> bool:
+
+                def ready(proc: subprocess.Popen[bytes] = proc, wd: Path = wd) -> bool:
                     if proc.poll() is not None:
                         raise RuntimeError(f"debezium exited: {(wd / 'debezium.log').read_text()[-1500:]}")
                     return self.slot_active("dbz")
@@ -559,7 +695,13 @@ class Bench:
         if binary is None:
             self.add({"scenario": "pgstream", "workload": "-", "note": f"not installed: {why}"})
             return
-        self.add({"scenario": "pgstream", "workload": "-", "note": f"installed at {binary} but not wired up in bench/run.py yet"})
+        self.add(
+            {
+                "scenario": "pgstream",
+                "workload": "-",
+                "note": f"installed at {binary} but not wired up in bench/run.py yet",
+            }
+        )
 
     # -- driver ----------------------------------------------------------------------------------------
     def run(self, scenarios: list[str], workloads: list[str]) -> None:
@@ -634,15 +776,26 @@ def install_debezium() -> tuple[Path | None, str]:
     if not tar.exists():
         try:
             p = subprocess.run(
-                ["mvn", "-q", "-B", "dependency:copy",
-                 f"-Dartifact=io.debezium:debezium-server-dist:{DEBEZIUM_VERSION}:tar.gz", f"-DoutputDirectory={base}"],
-                capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False,
-            )  # fmt: skip
+                [
+                    "mvn",
+                    "-q",
+                    "-B",
+                    "dependency:copy",
+                    f"-Dartifact=io.debezium:debezium-server-dist:{DEBEZIUM_VERSION}:tar.gz",
+                    f"-DoutputDirectory={base}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return None, f"mvn dependency:copy timed out after {INSTALL_TIMEOUT}s"
         if p.returncode != 0 or not tar.exists():
             return None, f"mvn dependency:copy failed: {(p.stdout + p.stderr)[-300:]}"
-    p2 = subprocess.run(["tar", "xzf", str(tar), "-C", str(base)], capture_output=True, text=True, check=False)
+    p2 = subprocess.run(
+        ["tar", "xzf", str(tar), "-C", str(base)], capture_output=True, text=True, check=False
+    )
     if p2.returncode != 0:
         return None, f"tar failed: {p2.stderr[-300:]}"
     return dist, "installed"
@@ -660,9 +813,12 @@ def install_pgstream() -> tuple[Path | None, str]:
     try:
         p = subprocess.run(
             [go, "install", "github.com/xataio/pgstream@latest"],
-            capture_output=True, text=True, timeout=INSTALL_TIMEOUT, check=False,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+            check=False,
             env={**os.environ, "GOBIN": str(gobin)},
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         return None, f"go install timed out after {INSTALL_TIMEOUT}s"
     if p.returncode != 0 or not binary.exists():
@@ -715,16 +871,25 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
     return {
-        "nproc": os.cpu_count(), "cpu": cpu, "mem_gb": mem_gb, "python": platform.python_version(),
-        "kernel": platform.release(), "host": socket.gethostname(),
-    }  # fmt: skip
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gb": mem_gb,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "host": socket.gethostname(),
+    }
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     raw = {r["workload"]: r["rate"] for r in results if r["scenario"] == "raw" and r.get("rate")}
     out: dict[str, float] = {}
     for r in results:
-        if r["scenario"] in THROUGHPUT and r["scenario"] != "raw" and r.get("rate") and raw.get(r["workload"]):
+        if (
+            r["scenario"] in THROUGHPUT
+            and r["scenario"] != "raw"
+            and r.get("rate")
+            and raw.get(r["workload"])
+        ):
             out[f"{r['scenario']}_over_raw_{r['workload']}"] = round(r["rate"] / raw[r["workload"]], 3)
             r["ratio_to_raw"] = out[f"{r['scenario']}_over_raw_{r['workload']}"]
     wh = {r["workload"]: r["rate"] for r in results if r["scenario"] == "webhook1" and r.get("rate")}
@@ -739,10 +904,32 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    cols = ["scenario", "workload", "changes", "rate", "ratio_to_raw", "p50_ms", "p99_ms", "p999_ms",
-            "peak_rss_mb", "drain_rate", "note"]  # fmt: skip
-    head = ["scenario", "workload", "changes", "changes/s", "x raw", "p50 ms", "p99 ms", "p999 ms",
-            "peak RSS MB", "drain/s", "note"]  # fmt: skip
+    cols = [
+        "scenario",
+        "workload",
+        "changes",
+        "rate",
+        "ratio_to_raw",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "peak_rss_mb",
+        "drain_rate",
+        "note",
+    ]
+    head = [
+        "scenario",
+        "workload",
+        "changes",
+        "changes/s",
+        "x raw",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "peak RSS MB",
+        "drain/s",
+        "note",
+    ]
     rows = [head]
     for r in results:
         row = []
@@ -768,7 +955,7 @@ def table(results: list[dict[str, Any]]) -> str:
             row.append(str(v) if v is not None else "")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -777,15 +964,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer changes, shorter latency runs")
     p.add_argument("--scenarios", default=",".join(ALL), help=f"comma-separated, from {','.join(ALL)}")
-    p.add_argument("--workloads", default="bulk,oltp,catchup",
-                   help="throughput workloads: bulk (10,000-row txns), oltp (1-10-row txns), catchup (a bulk backlog read from the slot)")
+    p.add_argument(
+        "--workloads",
+        default="bulk,oltp,catchup",
+        help="throughput workloads: bulk (10,000-row txns), oltp (1-10-row txns), "
+        "catchup (a bulk backlog read from the slot)",
+    )
     p.add_argument("--changes", type=int, default=0, help="bulk changes per throughput scenario")
     p.add_argument("--oltp-changes", type=int, default=0, help="oltp changes per throughput scenario")
     p.add_argument("--backlog-changes", type=int, default=0)
     p.add_argument("--json", help="write results here (default bench/results/<time>.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    p.add_argument("--receiver", choices=["raw", "aiohttp"], default="raw",
-                   help="receiver server: raw asyncio HTTP/1.1 (default) or aiohttp.web")
+    p.add_argument(
+        "--receiver",
+        choices=["raw", "aiohttp"],
+        default="raw",
+        help="receiver server: raw asyncio HTTP/1.1 (default) or aiohttp.web",
+    )
     p.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     args = p.parse_args(argv)
     if args.report:
@@ -811,8 +1006,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "postgres": bench.settings,
         "receiver": RECEIVER_IMPL,
-        "sizes": {"bulk": bench.n_bulk, "oltp": bench.n_oltp, "backlog": bench.n_backlog,
-                  "latency_secs": bench.latency_secs, "rates": bench.rates},  # fmt: skip
+        "sizes": {
+            "bulk": bench.n_bulk,
+            "oltp": bench.n_oltp,
+            "backlog": bench.n_backlog,
+            "latency_secs": bench.latency_secs,
+            "rates": bench.rates,
+        },
         "results": bench.results,
         "ratios": rs,
     }

@@ -57,9 +57,13 @@ INSERT INTO {TABLE} (account, amount, note, code, active, created_at, payload, r
 SELECT {_ROW_EXPR} FROM generate_series(1, {BULK_ROWS}) g
 """
 
-PGBENCH_SCRIPT = f"""\\set n random(1, 10)
-INSERT INTO {TABLE} (account, amount, note, code, active, created_at, payload, ref, score) SELECT {" ".join(_ROW_EXPR.split())} FROM generate_series(1, :n) g;
-"""
+_COLUMNS = "account, amount, note, code, active, created_at, payload, ref, score"
+_ROW_ONE_LINE = " ".join(_ROW_EXPR.split())
+# pgbench reads one SQL command per line
+PGBENCH_SCRIPT = (
+    "\\set n random(1, 10)\n"
+    f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT {_ROW_ONE_LINE} FROM generate_series(1, :n) g;\n"
+)
 
 OLTP_MEAN_ROWS = 5.5
 
@@ -120,9 +124,7 @@ def _pgbench_bin(bindir: Path) -> str:
     return str(cand) if cand.exists() else "pgbench"
 
 
-def _pgbench(
-    bindir: Path, dsn: str, clients: int, extra: list[str], timeout: float
-) -> dict[str, float]:
+def _pgbench(bindir: Path, dsn: str, clients: int, extra: list[str], timeout: float) -> dict[str, float]:
     u = urlsplit(dsn)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(PGBENCH_SCRIPT)
@@ -130,19 +132,30 @@ def _pgbench(
     cmd = [
         _pgbench_bin(bindir),
         "-n",
-        "-h", u.hostname or "127.0.0.1",
-        "-p", str(u.port or 5432),
-        "-U", u.username or "postgres",
-        "-f", script,
-        "-c", str(clients),
-        "-j", str(min(clients, 2)),
+        "-h",
+        u.hostname or "127.0.0.1",
+        "-p",
+        str(u.port or 5432),
+        "-U",
+        u.username or "postgres",
+        "-f",
+        script,
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 2)),
         *extra,
         (u.path or "/postgres").lstrip("/") or "postgres",
-    ]  # fmt: skip
+    ]
     t0 = time.time()
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, "PGAPPNAME": "bench"}
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "PGAPPNAME": "bench"},
         )
     finally:
         os.unlink(script)

@@ -33,10 +33,21 @@ def recorded_ratios() -> dict[str, float]:
 def test_bench_quick_raw_null_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--scenarios", "raw,null",
-         "--json", str(out)],
-        capture_output=True, text=True, timeout=220, check=False, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--scenarios",
+            "raw,null",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())
     results = data["results"]
