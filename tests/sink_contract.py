@@ -73,9 +73,7 @@ def make_event(seq: int, key: int | str, table: str = "orders", size: int = 0) -
     )
 
 
-def make_events(
-    n: int, keys: int = 5, start: int = 1, table: str = "orders"
-) -> list[OutboundEvent]:
+def make_events(n: int, keys: int = 5, start: int = 1, table: str = "orders") -> list[OutboundEvent]:
     return [make_event(start + i, (start + i) % keys, table) for i in range(n)]
 
 

@@ -159,9 +159,7 @@ def test_single_object_round_trip_every_type() -> None:
     # plain fastavro, as a consumer would do it, given the schema
     rec = fastavro.schemaless_reader(BytesIO(data[10:]), fastavro.parse_schema(s.schema), None)
     # (repr: NaN != NaN)
-    assert (
-        repr(rec) == repr(decode_single_object(data, reg)) == repr(decode_with_schema(data, s.json))
-    )
+    assert repr(rec) == repr(decode_single_object(data, reg)) == repr(decode_with_schema(data, s.json))
     assert rec["event_id"] == "evt_abc123"
     assert rec["timestamp"] == datetime(2026, 1, 4, 12, tzinfo=UTC)
     assert rec["key"] == {"id": 123}

@@ -176,7 +176,7 @@ async def test_sql_where_clause_and_bad_predicate(
                 manager,
             )
             raise AssertionError("a bad predicate was accepted")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             assert "total >>> 3" in str(exc) or "predicate" in str(exc).lower()
         assert server.store is not None
         assert [r["name"] for r in server.store.list_streams()] == ["big_orders"]

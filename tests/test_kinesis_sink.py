@@ -183,8 +183,7 @@ class Recorder:
             resp = await self.inner.put_records(**{**kw, "Records": keep})
             real = iter(resp["Records"])
         out = [
-            next(real) if code is None else {"ErrorCode": code, "ErrorMessage": "injected"}
-            for code in plan
+            next(real) if code is None else {"ErrorCode": code, "ErrorMessage": "injected"} for code in plan
         ]
         return {"FailedRecordCount": sum(1 for c in plan if c), "Records": out}
 

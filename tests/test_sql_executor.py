@@ -51,8 +51,7 @@ def test_memory_manager_is_a_stream_manager(manager: MemoryStreamManager) -> Non
 async def test_guide_statements_run_in_order(manager: MemoryStreamManager) -> None:
     created, shown = await execute(GUIDE_QUICK_START, manager)
     assert created.message == (
-        "stream orders_kafka created: orders -> KAFKA localhost:9092 topic orders-events, "
-        "format JSON"
+        "stream orders_kafka created: orders -> KAFKA localhost:9092 topic orders-events, format JSON"
     )
     assert created.columns == [] and created.rows == []
     assert shown.columns == STREAM_COLUMNS
@@ -184,8 +183,7 @@ async def test_show_streams_when_empty(manager: MemoryStreamManager) -> None:
         (
             "CREATE CHANGE DATA CAPTURE ON orders TO REDIS 'r:6379'",
             SqlError,
-            "unknown destination type REDIS at line 1, column 41: "
-            "expected KAFKA, KINESIS or WEBHOOK",
+            "unknown destination type REDIS at line 1, column 41: expected KAFKA, KINESIS or WEBHOOK",
         ),
         (
             "CREATE CHANGE DATA CAPTURE ON t TO KINESIS 's' FORMAT AVRO",
@@ -242,9 +240,7 @@ async def test_show_streams_when_empty(manager: MemoryStreamManager) -> None:
         ),
     ],
 )
-async def test_errors_leave_the_catalog_unchanged(
-    text: str, error: type[SqlError], message: str
-) -> None:
+async def test_errors_leave_the_catalog_unchanged(text: str, error: type[SqlError], message: str) -> None:
     manager = MemoryStreamManager(known_tables=["users", "public.orders"])
     await execute(GUIDE_KAFKA, manager)
     await execute("ALTER CDC STREAM users_stream PAUSE", manager)
@@ -299,9 +295,7 @@ async def test_concurrent_creates_of_one_name_exactly_one_wins(
     assert len(wins) == 1
     assert len(losses) == 19
     assert all(isinstance(e, StreamExists) for e in losses)
-    assert all(
-        e.message == "stream 'same' already exists" for e in losses if isinstance(e, SqlError)
-    )
+    assert all(e.message == "stream 'same' already exists" for e in losses if isinstance(e, SqlError))
     assert list(manager.streams) == ["same"]
     winner_topic = wins[0][0].message.split("topic ")[1].split(",")[0]
     assert manager.streams["same"].destination.topic == winner_topic
@@ -380,9 +374,7 @@ async def server() -> AsyncIterator[tuple[str, MemoryStreamManager, list[dict[st
     seen: list[dict[str, Any]] = []
 
     async def sql(request: web.Request) -> web.Response:
-        seen.append(
-            {"content_type": request.content_type, "auth": request.headers.get("Authorization")}
-        )
+        seen.append({"content_type": request.content_type, "auth": request.headers.get("Authorization")})
         if request.headers.get("Authorization") != "Bearer t0k":
             return web.json_response({"error": "unauthorized"}, status=401)
         text = await request.text()
@@ -478,10 +470,7 @@ async def test_repl_runs_multiline_statements_and_quits(
         "heliosdb-cdc=> ",
         "heliosdb-cdc-> ",
         "heliosdb-cdc-> ",
-        (
-            "stream orders_kafka created: orders -> KAFKA localhost:9092 topic orders-events, "
-            "format JSON"
-        ),
+        ("stream orders_kafka created: orders -> KAFKA localhost:9092 topic orders-events, format JSON"),
     ]
     assert "ERROR: stream 'nope' does not exist; SHOW CDC STREAMS lists the streams" in out
     assert "statement cleared" in out

@@ -146,9 +146,7 @@ def test_keywords_are_case_insensitive() -> None:
     )
     assert lower == mixed == parse(GUIDE_KAFKA)
     assert parse("show cdc streams") == [ShowStreams()]
-    assert parse("alter CDC stream x Backfill wHeRe 'id > 1'") == [
-        AlterStream("x", "backfill", "id > 1")
-    ]
+    assert parse("alter CDC stream x Backfill wHeRe 'id > 1'") == [AlterStream("x", "backfill", "id > 1")]
 
 
 def test_strings_escape_quotes_and_keep_case() -> None:
@@ -238,9 +236,7 @@ def test_to_config_maps_every_option() -> None:
     assert cfg.secret is not None and cfg.secret.get_secret_value() == "whsec"
     assert cfg.snapshot == "initial"
     assert cfg.operations == [OperationType.INSERT, OperationType.UPDATE]
-    assert [(f.name, f.predicate, f.tables) for f in cfg.filters] == [
-        ("hooks_where", "total > 1000", [])
-    ]
+    assert [(f.name, f.predicate, f.tables) for f in cfg.filters] == [("hooks_where", "total > 1000", [])]
     assert stmt.to_config("other").name == "other"
 
 
@@ -386,8 +382,7 @@ KAFKA = "CREATE CHANGE DATA CAPTURE ON orders TO KAFKA 'localhost:9092'"
         ),
         (
             "SELECT * FROM orders",
-            "expected CREATE, SHOW, ALTER, DROP, ';' or end of input at line 1, column 1, "
-            "found 'SELECT'",
+            "expected CREATE, SHOW, ALTER, DROP, ';' or end of input at line 1, column 1, found 'SELECT'",
             1,
             1,
         ),
@@ -399,8 +394,7 @@ KAFKA = "CREATE CHANGE DATA CAPTURE ON orders TO KAFKA 'localhost:9092'"
         ),
         (
             "ALTER CDC STREAM x PAUSED",
-            "expected PAUSE, RESUME, BACKFILL or CANCEL after x at line 1, column 20, "
-            "found 'PAUSED'",
+            "expected PAUSE, RESUME, BACKFILL or CANCEL after x at line 1, column 20, found 'PAUSED'",
             1,
             20,
         ),
@@ -467,8 +461,7 @@ def test_empty_statement(text: str) -> None:
     [
         (
             "CREATE CHANGE DATA CAPTURE ON orders TO REDIS 'localhost:6379'",
-            "unknown destination type REDIS at line 1, column 41: "
-            "expected KAFKA, KINESIS or WEBHOOK",
+            "unknown destination type REDIS at line 1, column 41: expected KAFKA, KINESIS or WEBHOOK",
         ),
         (
             "CREATE CHANGE DATA CAPTURE ON orders TO KAFKA 'localhost:9092' FORMAT JSON;",
@@ -481,8 +474,7 @@ def test_empty_statement(text: str) -> None:
             "a Kafka stream needs TOPIC 'topic-name'",
         ),
         (
-            "CREATE CHANGE DATA CAPTURE ON transactions\nTO KINESIS 'transactions-stream'\n"
-            "FORMAT AVRO;",
+            "CREATE CHANGE DATA CAPTURE ON transactions\nTO KINESIS 'transactions-stream'\nFORMAT AVRO;",
             "expected REGION after the Kinesis stream name at line 3, column 1: "
             "a Kinesis stream needs REGION 'aws-region'",
         ),
@@ -518,14 +510,12 @@ def test_empty_statement(text: str) -> None:
             "the webhook URL 'ftp://h/x' is not an http(s) URL with a host at line 1, column 49",
         ),
         (
-            "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK 'http://h/' "
-            "OPERATIONS (INSERT, UPSERT)",
+            "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK 'http://h/' OPERATIONS (INSERT, UPSERT)",
             "unknown operation 'UPSERT' at line 1, column 81: "
             "expected INSERT, UPDATE, DELETE, TRUNCATE, SCHEMA_CHANGE or READ",
         ),
         (
-            "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK 'http://h/' "
-            "OPERATIONS (INSERT, insert)",
+            "CREATE CHANGE DATA CAPTURE ON orders TO WEBHOOK 'http://h/' OPERATIONS (INSERT, insert)",
             "operation INSERT is listed twice at line 1, column 81",
         ),
         (

@@ -58,9 +58,7 @@ class RetryConfig(_Model):
         """Delay before ``attempt`` (2, 3, ...), without jitter."""
         if attempt <= 1:
             return 0.0
-        return float(
-            min(self.max_delay_ms, self.initial_delay_ms * self.multiplier ** (attempt - 2))
-        )
+        return float(min(self.max_delay_ms, self.initial_delay_ms * self.multiplier ** (attempt - 2)))
 
 
 class CircuitBreakerConfig(_Model):
@@ -387,7 +385,5 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path=str(p)
-        ) from None
+        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path=str(p)) from None
     return config_from_dict(data)

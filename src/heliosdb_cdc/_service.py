@@ -265,9 +265,7 @@ class WebhookServer:
                     wanted.update(await asyncio.to_thread(resolve_tables, conn, [name]))
                 except SourceError as exc:
                     log.warning("%s: not captured", exc)
-            await asyncio.to_thread(
-                ensure_publication, conn, self.config.source.publication, sorted(wanted)
-            )
+            await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
         finally:
             conn.close()
 
@@ -437,9 +435,7 @@ class WebhookServer:
                 await asyncio.to_thread(self.log.truncate_before, min(low, self.log.durable.seq))
                 if time.time() - last_prune > 300:
                     eo = self.config.webhook.exactly_once
-                    await asyncio.to_thread(
-                        self.store.prune_deliveries, eo.retention_secs or eo.window_secs
-                    )
+                    await asyncio.to_thread(self.store.prune_deliveries, eo.retention_secs or eo.window_secs)
                     last_prune = time.time()
                 await self._refresh_slot_stats()
             except asyncio.CancelledError:
@@ -475,9 +471,7 @@ class WebhookServer:
     async def create_stream(self, cfg: StreamConfig, origin: str = "sql") -> StreamConfig:
         assert self.store is not None
         async with self._lock:
-            if cfg.name in self.runners or any(
-                r["name"] == cfg.name for r in self.store.list_streams()
-            ):
+            if cfg.name in self.runners or any(r["name"] == cfg.name for r in self.store.list_streams()):
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
             if "*" not in cfg.tables:
                 try:
@@ -614,7 +608,12 @@ class WebhookServer:
         if runner is None:
             raise SqlError(f"stream {name!r} is not running", stream=name)
         current = self.snapshots.get(name)
-        if current is not None and current.state.get("state") == "running" and current._task and not current._task.done():
+        if (
+            current is not None
+            and current.state.get("state") == "running"
+            and current._task
+            and not current._task.done()
+        ):
             raise SqlError(
                 f"stream {name!r} already has a {current.kind} in progress; "
                 f"ALTER CDC STREAM {name} CANCEL BACKFILL first",
@@ -745,7 +744,9 @@ class WebhookServer:
             results = await runner.sink.send([ev])
             if results[0].ok:
                 self.store.checkpoint(
-                    r["stream"], runner.cursor, [(full["endpoint"], full["event_id"], full["seq"], time.time())]
+                    r["stream"],
+                    runner.cursor,
+                    [(full["endpoint"], full["event_id"], full["seq"], time.time())],
                 )
                 done.append(r["id"])
         if done:

@@ -16,7 +16,9 @@ DEFAULT_SERVER = os.environ.get("HELIOSDB_CDC_SERVER", "http://127.0.0.1:8080")
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=DEFAULT_SERVER, help="URL of the running service (default %(default)s)")
+    p.add_argument(
+        "--server", default=DEFAULT_SERVER, help="URL of the running service (default %(default)s)"
+    )
     p.add_argument("--token", default=os.environ.get("HELIOSDB_CDC_TOKEN"), help="admin bearer token")
 
 
@@ -125,7 +127,9 @@ async def _request(args: Any, method: str, path: str, **kw: Any) -> Any:
             async with session.request(method, args.server.rstrip("/") + path, headers=headers, **kw) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status >= 400:
-                    raise CdcError(data.get("error", f"HTTP {resp.status}") if isinstance(data, dict) else str(data))
+                    raise CdcError(
+                        data.get("error", f"HTTP {resp.status}") if isinstance(data, dict) else str(data)
+                    )
                 return data
         except aiohttp.ClientConnectionError as exc:
             raise CdcError(f"cannot reach the service at {args.server}: {exc}") from None
@@ -158,7 +162,17 @@ async def _status(args: Any) -> int:
     )
     if cap.get("last_error"):
         print(f"capture error: {cap['last_error']}")
-    cols = ["name", "state", "events_delivered", "throughput_per_sec", "p99_latency_ms", "lag_events", "dead_letters", "circuit_breaker", "last_error"]
+    cols = [
+        "name",
+        "state",
+        "events_delivered",
+        "throughput_per_sec",
+        "p99_latency_ms",
+        "lag_events",
+        "dead_letters",
+        "circuit_breaker",
+        "last_error",
+    ]
     rows = [[str(s.get(c, "")) if s.get(c) is not None else "" for c in cols] for s in data["streams"]]
     print(_table(cols, rows))
     return 0

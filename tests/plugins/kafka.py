@@ -161,9 +161,7 @@ class KafkaBroker:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"kafka broker exited with {self.proc.returncode}: {self.log_tail()}"
-                )
+                raise RuntimeError(f"kafka broker exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 md = admin.list_topics(timeout=1.0)
                 if md.brokers:

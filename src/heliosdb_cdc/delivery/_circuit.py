@@ -45,9 +45,7 @@ class _SystemClock:
 class CircuitBreaker:
     """The breaker of one endpoint."""
 
-    def __init__(
-        self, endpoint: str, config: CircuitBreakerConfig, clock: Clock | None = None
-    ) -> None:
+    def __init__(self, endpoint: str, config: CircuitBreakerConfig, clock: Clock | None = None) -> None:
         self.endpoint = endpoint
         self.config = config
         self._clock: Clock = clock or _SystemClock()

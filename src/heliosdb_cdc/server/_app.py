@@ -26,9 +26,7 @@ MAX_BODY = 1024 * 1024
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data, default=str), status=status, content_type="application/json"
-    )
+    return web.Response(body=orjson.dumps(data, default=str), status=status, content_type="application/json")
 
 
 def _error(message: str, status: int, **extra: Any) -> web.Response:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_ERR = {
+    "description": "error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 _OK = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 
@@ -33,7 +36,11 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/streams/{name}": {
             "get": {"summary": "Get a stream", "parameters": _NAME, "responses": {"200": _OK, "404": _ERR}},
-            "delete": {"summary": "Drop a stream", "parameters": _NAME, "responses": {"204": {"description": "dropped"}, "404": _ERR}},
+            "delete": {
+                "summary": "Drop a stream",
+                "parameters": _NAME,
+                "responses": {"204": {"description": "dropped"}, "404": _ERR},
+            },
         },
         "/api/streams/{name}/status": {
             "get": {"summary": "Stream status", "parameters": _NAME, "responses": {"200": _OK, "404": _ERR}}
@@ -42,7 +49,11 @@ OPENAPI: dict[str, Any] = {
             "post": {"summary": "Pause a stream", "parameters": _NAME, "responses": {"200": _OK, "404": _ERR}}
         },
         "/api/streams/{name}/resume": {
-            "post": {"summary": "Resume a stream", "parameters": _NAME, "responses": {"200": _OK, "404": _ERR}}
+            "post": {
+                "summary": "Resume a stream",
+                "parameters": _NAME,
+                "responses": {"200": _OK, "404": _ERR},
+            }
         },
         "/api/webhooks": {
             "get": {"summary": "List webhook registrations", "responses": {"200": _OK}},
@@ -50,13 +61,19 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Register a webhook (the guide's WebhookRegistration)",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookRegistration"}}},
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/WebhookRegistration"}}
+                    },
                 },
                 "responses": {"201": _OK, "400": _ERR, "409": _ERR, "422": _ERR},
             },
         },
         "/api/webhooks/{name}": {
-            "delete": {"summary": "Unregister a webhook", "parameters": _NAME, "responses": {"204": {"description": "removed"}, "404": _ERR}}
+            "delete": {
+                "summary": "Unregister a webhook",
+                "parameters": _NAME,
+                "responses": {"204": {"description": "removed"}, "404": _ERR},
+            }
         },
         "/api/dead-letters": {
             "get": {
@@ -92,8 +109,12 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _OK, "400": _ERR},
             }
         },
-        "/api/status": {"get": {"summary": "Overview of capture and every stream", "responses": {"200": _OK}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
+        "/api/status": {
+            "get": {"summary": "Overview of capture and every stream", "responses": {"200": _OK}}
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}
+        },
     },
     "components": {
         "schemas": {

@@ -10,7 +10,7 @@ from ._avro import (
     decode_single_object,
     decode_with_schema,
 )
-from ._base import DELIVERED, Outcome, OutboundEvent, Sink, SinkResult
+from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 from ._kafka import KafkaSink
 from ._kinesis import KinesisSink
 from ._memory import MemorySink
@@ -25,8 +25,8 @@ __all__ = [
     "KafkaSink",
     "KinesisSink",
     "MemorySink",
-    "Outcome",
     "OutboundEvent",
+    "Outcome",
     "Sink",
     "SinkResult",
     "WebhookSink",

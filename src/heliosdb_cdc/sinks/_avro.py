@@ -393,9 +393,7 @@ class AvroSchema:
             if d is None:
                 return None
             return {
-                f.avro: _convert(f.kind.conv, d.get(f.column))
-                for f in self.fields
-                if f.key or not key_only
+                f.avro: _convert(f.kind.conv, d.get(f.column)) for f in self.fields if f.key or not key_only
             }
 
         ts = event.get("timestamp")
@@ -598,9 +596,7 @@ class ConfluentSchemaRegistry:
         url = f"{self.url}/subjects/{subject}/versions"
         try:
             async with (
-                aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self.timeout_s), auth=auth
-                ) as http,
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s), auth=auth) as http,
                 http.post(
                     url,
                     data=orjson.dumps({"schema": schema.json, "schemaType": "AVRO"}),

@@ -220,10 +220,7 @@ class KafkaSink:
     def _unreachable(self, what: str, exc: BaseException | str) -> str:
         detail = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else str(exc)
         extra = f"; last client error: {self._last_error}" if self._last_error else ""
-        return (
-            f"Kafka {what} failed for {self.destination.address} "
-            f"(topic {self.topic}): {detail}{extra}"
-        )
+        return f"Kafka {what} failed for {self.destination.address} (topic {self.topic}): {detail}{extra}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -416,9 +413,7 @@ class KafkaSink:
                 )
                 return False
 
-    def _send_plain(
-        self, records: list[_Record], results: list[SinkResult | None]
-    ) -> list[SinkResult]:
+    def _send_plain(self, records: list[_Record], results: list[SinkResult | None]) -> list[SinkResult]:
         errors: dict[int, KafkaError] = {}
         queued = [r.index for r in records if self._produce(r, results, errors)]
         remaining = self._producer.flush(self.timeout_s + 5)
@@ -482,9 +477,7 @@ class KafkaSink:
                 for r in queued:
                     results[r.index] = DELIVERED
                 return [r or DELIVERED for r in results]
-        return [
-            r or SinkResult(Outcome.RETRY, error="Kafka transaction kept failing") for r in results
-        ]
+        return [r or SinkResult(Outcome.RETRY, error="Kafka transaction kept failing") for r in results]
 
     def _commit(self) -> str | None:
         """Commit the open transaction; None when committed, else why not."""

@@ -274,8 +274,7 @@ class KinesisSink:
                 if e.pk in blocked:
                     results[e.index] = SinkResult(
                         Outcome.RETRY,
-                        error=f"waiting behind an undelivered earlier event of its key: "
-                        f"{blocked[e.pk]}",
+                        error=f"waiting behind an undelivered earlier event of its key: {blocked[e.pk]}",
                     )
                 else:
                     todo.append(e)

@@ -150,8 +150,7 @@ class WebhookSink:
         if len(body) > self.max_payload_bytes:
             return SinkResult(
                 Outcome.FAILED,
-                f"payload of {len(body)} bytes is over webhook.max_payload_bytes="
-                f"{self.max_payload_bytes}",
+                f"payload of {len(body)} bytes is over webhook.max_payload_bytes={self.max_payload_bytes}",
             )
         if self.ssrf_guard is not None:
             # IP-literal hosts never reach the resolver; the verdict for a literal depends on
@@ -197,5 +196,3 @@ class WebhookSink:
         if 300 <= status < 400:
             return SinkResult(Outcome.FAILED, f"HTTP {status}: redirects are not followed", status=status)
         return SinkResult(Outcome.FAILED, f"HTTP {status}", status=status)
-
-

@@ -44,8 +44,7 @@ def _cell(value: Any) -> str:
 
 def _width(s: str) -> int:
     return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-        for c in s
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s
     )
 
 
@@ -72,8 +71,7 @@ def render_table(result: SqlResult) -> str:
         return result.message
     cells = [[_cell(v) for v in row] for row in result.rows]
     widths = [
-        max([_width(c)] + [_width(r[i]) for r in cells if i < len(r)])
-        for i, c in enumerate(result.columns)
+        max([_width(c)] + [_width(r[i]) for r in cells if i < len(r)]) for i, c in enumerate(result.columns)
     ]
     numeric = [
         bool(result.rows)

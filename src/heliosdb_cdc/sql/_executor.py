@@ -57,9 +57,7 @@ class StreamManager(Protocol):
 
 
 def _not_found(name: str) -> StreamNotFound:
-    return StreamNotFound(
-        f"stream {name!r} does not exist; SHOW CDC STREAMS lists the streams", stream=name
-    )
+    return StreamNotFound(f"stream {name!r} does not exist; SHOW CDC STREAMS lists the streams", stream=name)
 
 
 async def _require(manager: StreamManager, name: str) -> None:
@@ -147,11 +145,7 @@ async def execute_statement(stmt: Statement, manager: StreamManager) -> SqlResul
 def _progress(index: int, total: int) -> str:
     """'(statement 1 ran, statements 3-4 were not run)' for a failure of statement ``index``."""
     ran = (
-        "nothing ran"
-        if index == 1
-        else "statement 1 ran"
-        if index == 2
-        else f"statements 1-{index - 1} ran"
+        "nothing ran" if index == 1 else "statement 1 ran" if index == 2 else f"statements 1-{index - 1} ran"
     )
     if index == total:
         return f"({ran})"
@@ -178,9 +172,7 @@ async def execute(text: str, manager: StreamManager) -> list[SqlResult]:
         except CdcError as exc:
             message = exc.message
             if len(spans) > 1:
-                message = (
-                    f"statement {i} of {len(spans)} failed: {message} {_progress(i, len(spans))}"
-                )
+                message = f"statement {i} of {len(spans)} failed: {message} {_progress(i, len(spans))}"
             cls = type(exc) if isinstance(exc, SqlError) else SqlError
             raise cls(message, **{**exc.context, "statement": i}) from exc
     return results

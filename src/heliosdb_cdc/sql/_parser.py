@@ -111,9 +111,7 @@ def _line_col(text: str, pos: int) -> tuple[int, int]:
 
 def _fail(text: str, pos: int, message: str, detail: str = "") -> NoReturn:
     line, col = _line_col(text, pos)
-    raise SqlError(
-        f"{message} at line {line}, column {col}{detail}", position=pos, line=line, column=col
-    )
+    raise SqlError(f"{message} at line {line}, column {col}{detail}", position=pos, line=line, column=col)
 
 
 _KEYWORD_ORDER = [
@@ -240,18 +238,14 @@ def _describe_expected(expected: set[str], toks: list[_Tok]) -> str:
     out += sorted(
         e
         for e in expected
-        if e not in _KEYWORDS
-        and e not in _PUNCT
-        and e not in {"IDENT", "QUOTED_IDENT", "STRING", "$END"}
+        if e not in _KEYWORDS and e not in _PUNCT and e not in {"IDENT", "QUOTED_IDENT", "STRING", "$END"}
     )
     return _join(out) or "something else"
 
 
 def _syntax_error(text: str, exc: UnexpectedInput) -> NoReturn:
     pos = exc.pos_in_stream if exc.pos_in_stream is not None else len(text)
-    if (isinstance(exc, UnexpectedToken) and exc.token.type == "$END") or isinstance(
-        exc, UnexpectedEOF
-    ):
+    if (isinstance(exc, UnexpectedToken) and exc.token.type == "$END") or isinstance(exc, UnexpectedEOF):
         pos = len(text.rstrip())
     # the statement the error is in, for context
     before = _tokens(text[:pos])
@@ -467,9 +461,7 @@ class _Builder:
                     f"the webhook URL {address!r} is not an http(s) URL with a host",
                 )
             if fmt == "avro":
-                self.at(
-                    opts["FORMAT"], "FORMAT AVRO is for Kafka and Kinesis; webhooks receive JSON"
-                )
+                self.at(opts["FORMAT"], "FORMAT AVRO is for Kafka and Kinesis; webhooks receive JSON")
         for key in ("TOPIC", "REGION", "SECRET"):
             v = value(key)
             if v is not None and not v.strip():
