@@ -10,4 +10,6 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 bash scripts/install-system-deps.sh
 
 export CI="${CI:-true}"   # a missing server is a failure, never a skip
+python3 -m ruff check src tests
+python3 -m mypy src
 python3 -m pytest -q "$@"
