@@ -157,3 +157,25 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "OK:" in res.stdout
     assert "0 bad signatures" in res.stdout
+
+
+def test_embedded_postgres_from_the_pgserver_wheel(tmp_path: Path) -> None:
+    """`heliosdb-cdc demo` needs nothing but the package: without a system PostgreSQL the
+    server binaries come from the pgserver wheel."""
+    import psycopg2
+
+    from heliosdb_cdc import _embedded
+
+    bindir = _embedded._pgserver_bindir()
+    assert bindir is not None and (bindir / "postgres").exists()
+    pg = EmbeddedPostgres(tmp_path / "wheel-pg")
+    pg.bindir = bindir
+    pg.start()
+    try:
+        conn = psycopg2.connect(pg.dsn)
+        with conn.cursor() as cur:
+            cur.execute("SHOW wal_level")
+            assert cur.fetchone() == ("logical",)
+        conn.close()
+    finally:
+        pg.stop("immediate")

@@ -44,11 +44,19 @@ def _pgserver_bindir() -> Path | None:
     if not (root / "bin" / "postgres").exists():
         return None
     if os.geteuid() == 0:
-        # /root is not readable by the postgres user: use a copy outside it
-        dest = Path("/opt/heliosdb-cdc/pginstall")
+        # /root is not readable by the postgres user: use a copy outside it, keeping the
+        # layout the binaries' rpath expects ($ORIGIN/../../../pgserver.libs)
+        base = Path("/opt/heliosdb-cdc")
+        dest = base / "pgserver" / "pginstall"
         if not (dest / "bin" / "postgres").exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(root, dest, dirs_exist_ok=True)
+            libs = root.parent.parent / "pgserver.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, base / "pgserver.libs", dirs_exist_ok=True)
+            for p in [base, *base.rglob("*")]:
+                if p.is_dir():
+                    os.chmod(p, 0o755)
         return dest / "bin"
     return root / "bin"
 
