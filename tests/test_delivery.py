@@ -246,3 +246,51 @@ async def test_dlq_cli_list_replay_purge(pg_db: PgDatabase, receiver: Receiver, 
         assert "purged 2" in out.stdout
         assert server.store.count_dead_letters() == 0
     assert [e["value"]["total"] for e in receiver.events] == [1]
+
+
+async def test_resets_stalls_and_flapping_lose_nothing(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Connection resets, stalls past timeout_secs and a flapping endpoint: every change
+    arrives, in per-key order, and the circuit opens and closes as configured."""
+    import itertools
+    import random
+
+    setup_table(pg_db)
+    rnd = random.Random(9)
+    phase = itertools.cycle(["ok"] * 30 + ["down"] * 30)
+
+    def fault(_: Any) -> str | float | None:
+        if next(phase) == "down":  # flapping: bursts of failures
+            return "reset" if rnd.random() < 0.5 else 1.0
+        return "reset" if rnd.random() < 0.05 else None
+
+    receiver.fault = fault
+    cfg = make_config(
+        pg_db,
+        tmp_path,
+        webhook={
+            "bind_address": "127.0.0.1:0",
+            "timeout_secs": 0.3,
+            "worker_pool_size": 8,
+            "retry": {"max_attempts": 1000, "initial_delay_ms": 5, "max_delay_ms": 50},
+            "circuit_breaker": {"failure_threshold": 5, "timeout_secs": 0.2, "success_threshold": 1},
+        },
+    )
+    async with WebhookServer(cfg) as server:
+        await server.register(WebhookRegistration(url=receiver.url, secret=SECRET, tables=["orders"]))
+        pg_db.execute("INSERT INTO orders (total) SELECT g % 20 FROM generate_series(1, 300) g")
+        for i in range(1, 21):
+            pg_db.execute("UPDATE orders SET status = %s WHERE id = %s", (f"s{i}", i))
+        await receiver.wait_for(320, timeout=120)
+        breaker = server.circuit_breaker.breaker(receiver.url)
+        states = {s for _, s in breaker.transitions}
+    assert {CircuitState.OPEN, CircuitState.CLOSED} <= states
+    first: dict[str, dict[str, Any]] = {}
+    for e in receiver.events:
+        first.setdefault(e["event_id"], e)
+    assert len(first) == 320
+    by_key: dict[int, list[int]] = {}
+    for e in first.values():
+        by_key.setdefault(e["key"]["id"], []).append(e["sequence"])
+    assert all(s == sorted(s) for s in by_key.values())

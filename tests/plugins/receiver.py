@@ -40,6 +40,8 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     bad_signatures: int = 0
     respond: Callable[[Received], int | tuple[int, dict[str, str]]] | None = None
+    # fault injection: return "reset" (drop the connection) or a number of seconds to stall
+    fault: Callable[[Received], str | float | None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -74,6 +76,14 @@ async def start_receiver(
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         item = Received(body, dict(request.headers), request.path)
+        if rec.fault is not None:
+            what = rec.fault(item)
+            if what == "reset":
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=500)
+            if isinstance(what, (int, float)) and what:
+                await asyncio.sleep(what)
         if rec.respond is not None:
             outcome = rec.respond(item)
             status, headers = outcome if isinstance(outcome, tuple) else (outcome, {})
