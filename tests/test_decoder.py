@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heliosdb_cdc import CdcEvent, DecodeError, OperationType
+from heliosdb_cdc._record import Record
 from heliosdb_cdc.postgres import _decoder
 from heliosdb_cdc.postgres._decoder import WATERMARK_PREFIX, ChangeDecoder, TxnEnd, Watermark, table_name
 from tests import pgoutput_builders as b
@@ -237,27 +240,83 @@ def test_truncated_insert_is_decode_error() -> None:
                 dec.feed(raw[:cut])
 
 
-# the fast INSERT path and the general path must agree
+# the encoded INSERT path (capture's) and the general path must give the same bytes
 text_value = st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",)), max_size=20))
+MIXED = 16390
+MIXED_COLS = [
+    ("id", 20, -1, True), ("name", 25, -1, False), ("amount", 1700, -1, False),
+    ("ok", 16, -1, False), ("score", 701, -1, False), ("doc", 3802, -1, False),
+    ("at", 1184, -1, False), ("raw", 17, -1, False), ("tags", 1007, -1, False),
+    ("day", 1082, -1, False), ("weird \"col\"", 2950, -1, False),
+]  # fmt: skip
+pg_float = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.sampled_from(["NaN", "Infinity", "-Infinity", "1e+20", "1.5e-05", "-0"]),
+)
+pg_numeric = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False).map(lambda d: format(d, "f")),
+    st.sampled_from(["NaN", "Infinity", "-Infinity"]),
+)
+pg_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+).map(lambda v: json.dumps(v, separators=(", ", ": ")))
+pg_tstz = st.one_of(
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S.%f+00")),
+    st.sampled_from(["2026-01-04 12:00:00+05:30", "infinity", "2026-01-04 12:00:00-08"]),
+)
+mixed_row = st.tuples(
+    st.integers(-(2**63), 2**63 - 1).map(str),
+    text_value,
+    pg_numeric,
+    st.sampled_from(["t", "f"]),
+    pg_float,
+    pg_json,
+    pg_tstz,
+    st.binary(max_size=8).map(lambda r: "\\x" + r.hex()),
+    st.lists(st.one_of(st.none(), st.integers(-5, 5)), max_size=3).map(
+        lambda xs: "{" + ",".join("NULL" if x is None else str(x) for x in xs) + "}"
+    ),
+    st.dates().map(str),
+    st.uuids().map(str),
+).map(list)
 
 
-@given(st.integers(-(2**31), 2**31 - 1), text_value, st.decimals(allow_nan=False, allow_infinity=False))
-@settings(max_examples=100)
-def test_fast_insert_matches_general_path(id_: int, status: str | None, amount: Decimal) -> None:
-    row = [str(id_), status, str(amount)]
-    fast = ChangeDecoder("db")
-    (ef,) = events(run(fast, [orders_rel()], txn(0x10, b.insert(ORDERS, row))))
-    slow = ChangeDecoder("db")
-    run(slow, [orders_rel(), b.begin(0x10, TS, 700)])
-    (es,) = slow._change(slow_parse(b.insert(ORDERS, row)))
-    assert ef.to_dict() == es.to_dict()
-    assert ef.value == {"id": id_, "status": status, "amount": Decimal(str(amount))}
+@given(
+    st.lists(st.tuples(mixed_row, st.lists(st.booleans(), min_size=11, max_size=11)), min_size=1, max_size=4)
+)
+@settings(max_examples=150)
+def test_encoded_insert_matches_general_path(rows: list[tuple[list[str | None], list[bool]]]) -> None:
+    payloads = [b.relation(MIXED, "public", "mixed", MIXED_COLS, "d"), b.begin(0x10, TS, 700)]
+    for row, nulls in rows:
+        payloads.append(
+            b.insert(MIXED, [None if n and i else v for i, (v, n) in enumerate(zip(row, nulls, strict=True))])
+        )
+    payloads.append(b.commit(0x10, 0x18, TS))
+    fast, slow = ChangeDecoder("db"), ChangeDecoder("db")
+    got = [r for p in payloads for r in fast.feed_records(p) if isinstance(r, Record)]
+    want = [slow._record(e) for p in payloads for e in slow.feed(p) if isinstance(e, CdcEvent)]
+    assert got == want
+    for rec in got:
+        assert orjson.loads(rec.body)["key"] == orjson.loads(rec.key)
 
 
-def slow_parse(raw: bytes) -> Any:
-    from heliosdb_cdc.postgres._protocol import parse_message
-
-    return parse_message(raw)
+def test_encoded_insert_keeps_big_json_integers_and_specials() -> None:
+    dec = ChangeDecoder("db")
+    row = ["1", None, "NaN", "t", "Infinity", '{"n": 123456789012345678901234567890}',
+           "2026-01-04 12:00:00+00", None, None, None, None]  # fmt: skip
+    out = [dec.feed_records(p) for p in (b.relation(MIXED, "public", "mixed", MIXED_COLS, "d"),
+                                         b.begin(0x10, TS, 7), b.insert(MIXED, row))]  # fmt: skip
+    (rec,) = out[-1]
+    assert isinstance(rec, Record)
+    ev = orjson.loads(rec.body)
+    assert ev["event_id"] == "evt_0000000000000010_000001"
+    assert ev["value"]["amount"] == "NaN" and ev["value"]["score"] == "Infinity"
+    assert ev["value"]["at"] == "2026-01-04T12:00:00Z"
+    assert ev["key"] == {"id": 1} and rec.key == b'{"id":1}'
+    assert list(ev) == ["event_id", "timestamp", "sequence", "operation", "database", "table",
+                        "key", "value", "old_value", "transaction_id"]  # fmt: skip
 
 
 def test_watermark_in_transaction() -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from heliosdb_cdc import StateError
 from heliosdb_cdc.delivery._locallog import _HDR, OP_CODES, LocalLog, Position, Record
 
-Event = tuple[int, int, int, str, str, bytes, bytes, int]
+Event = Record
 
 
 class Writer:
@@ -29,8 +29,8 @@ class Writer:
     def events(self, n: int, lsn: int) -> list[Event]:
         out = []
         for i in range(n):
-            ev = (self.seq, lsn, 1_700_000_000_000_000 + self.seq, "INSERT", "orders", b"k%d" % self.seq,
-                  b'{"n":%d}' % self.seq, i + 1)  # fmt: skip
+            ev = Record(self.seq, lsn, 1_700_000_000_000_000 + self.seq, OP_CODES["INSERT"], "orders",
+                        b"k%d" % self.seq, b'{"n":%d}' % self.seq, i + 1)  # fmt: skip
             self.written[self.seq] = ev
             out.append(ev)
             self.seq += 1
@@ -66,13 +66,14 @@ def check(rec: Record, ev: Event) -> None:
         seq,
         lsn,
         ts,
-        OP_CODES[op],
+        op,
         table,
         key,
         body,
         idx,
     )
-    assert rec.operation == op
+    assert rec == ev
+    assert rec.operation == "INSERT"
     assert rec.event_id == f"evt_{lsn:016x}_{idx:06d}"
 
 
@@ -408,7 +409,7 @@ def test_disk_read_never_skips_a_record_written_but_not_yet_published(tmp_path: 
     log = LocalLog(tmp_path / "log", memory_events=1, sync=False)
     log.open()
     log.append(
-        [(1, 10, 0, "INSERT", "t", b"{}", b"{}", 1), (2, 10, 0, "INSERT", "t", b"{}", b"{}", 2)],
+        [Record(1, 10, 0, 1, "t", b"{}", b"{}", 1), Record(2, 10, 0, 1, "t", b"{}", b"{}", 2)],
         [(2, 10, 11, 0)],
         [0, 0, 1],
     )

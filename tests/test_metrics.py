@@ -155,3 +155,27 @@ async def test_guide_metrics_on_a_running_pipeline(
         assert retries == failures
         assert server.runners[stream].stats.retried == retries
         assert m4.value("heliosdb_cdc_dead_letters_total", stream=stream) == 0
+
+
+def test_batch_histogram_exposes_what_the_stock_histogram_does() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from heliosdb_cdc._metrics import LATENCY_BUCKETS, BatchHistogram
+
+    values = [0.0, 0.001, 0.0010001, 0.02, 0.049, 0.05, 7.5, 30.0, 31.0, 1e9]
+    ours, stock = CollectorRegistry(), CollectorRegistry()
+    fast = BatchHistogram("lat_seconds", "Latency", ["stream"], LATENCY_BUCKETS, ours)
+    slow = Histogram("lat_seconds", "Latency", ["stream"], buckets=LATENCY_BUCKETS, registry=stock)
+    fast.labels("a").observe_many(values[:6])
+    fast.labels("a").observe(values[6])
+    fast.labels("b").observe_many(values[6:])
+    for v in values[:7]:
+        slow.labels("a").observe(v)
+    for v in values[6:]:
+        slow.labels("b").observe(v)
+
+    def lines(reg: CollectorRegistry) -> list[str]:
+        return [ln for ln in generate_latest(reg).decode().splitlines() if "_created" not in ln]
+
+    assert lines(ours) == lines(stock)
+    assert ours.get_sample_value("lat_seconds_count", {"stream": "b"}) == 4

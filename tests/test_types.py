@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heliosdb_cdc.postgres._types import converter_for, is_numeric_type
+from heliosdb_cdc._event import dumps
+from heliosdb_cdc.postgres._types import converter_for, encoder_for, is_numeric_type
 
 INT2, INT4, INT8, OID = 21, 23, 20, 26
 FLOAT4, FLOAT8, NUMERIC = 700, 701, 1700
@@ -237,3 +238,32 @@ def test_array_values_are_json_encodable() -> None:
 
     assert dumps(v) == b'[1.5,"NaN"]'
     assert math.isclose(float(orjson.loads(dumps(v))[0]), 1.5)
+
+
+# every type's encoder gives the JSON of its converter's value (the capture hot path
+# encodes INSERT values straight from the message bytes)
+ENCODER_CASES = [
+    (23, st.integers(-(2**31), 2**31 - 1).map(str)),
+    (20, st.integers(-(2**63), 2**63 - 1).map(str)),
+    (1700, st.decimals(allow_nan=False, allow_infinity=False).map(lambda d: format(d, "f"))),
+    (1700, st.sampled_from(["NaN", "Infinity", "-Infinity", "0", "-0.000100"])),
+    (16, st.sampled_from(["t", "f"])),
+    (701, st.floats().map(repr)),
+    (700, st.sampled_from(["NaN", "Infinity", "-Infinity", "1e+20", "-1.5e-05"])),
+    (25, st.text(st.characters(blacklist_categories=("Cs",)))),
+    (3802, st.sampled_from(['{"a": [1, 2.5, null]}', "[]", '"x"', '{"n": 123456789012345678901234567890}'])),
+    (1184, st.datetimes().map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S.%f") + "+00")),
+    (1184, st.sampled_from(["2026-01-04 12:00:00+05:30", "infinity", "2026-01-04 12:00:00-08"])),
+    (17, st.binary().map(lambda r: "\\x" + r.hex())),
+    (1007, st.lists(st.one_of(st.none(), st.integers())).map(
+        lambda xs: "{" + ",".join("NULL" if x is None else str(x) for x in xs) + "}")),
+    (1082, st.dates().map(str)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("oid", "values"), ENCODER_CASES)
+@settings(max_examples=60)
+@given(data=st.data())
+def test_encoder_matches_converter(oid: int, values: Any, data: Any) -> None:
+    text = data.draw(values)
+    assert encoder_for(oid)(text.encode()) == dumps(converter_for(oid)(text))

@@ -156,11 +156,6 @@ class CdcEvent:
         )
 
 
-def event_id(commit_lsn: int, index: int) -> str:
-    """Derived from the WAL position: the same change read twice has the same id."""
-    return f"evt_{commit_lsn:016x}_{index:06d}"
-
-
 def format_timestamp(ts: datetime) -> str:
     """ISO 8601 in UTC with a trailing Z, as in the guide (``2026-01-04T12:00:00Z``)."""
     s = ts.isoformat()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from .._errors import StateError
-from .._event import event_id
+from .._record import OP_CODES, OP_NAMES, OP_WATERMARK, Record
 
 log = logging.getLogger("heliosdb_cdc.locallog")
 
@@ -43,39 +43,7 @@ _U64 = struct.Struct("<Q")
 
 KIND_COMMIT = 0xFF
 KIND_SEGMENT = 0xFE
-OP_CODES = {
-    "INSERT": 1,
-    "UPDATE": 2,
-    "DELETE": 3,
-    "TRUNCATE": 4,
-    "SCHEMA_CHANGE": 5,
-    "READ": 6,
-    "WATERMARK": 7,  # snapshot watermark, not an event: streams consume it themselves
-}
-OP_WATERMARK = 7
-OP_NAMES = {v: k for k, v in OP_CODES.items()}
-
-
-@dataclass(slots=True, frozen=True)
-class Record:
-    """One event as stored: what routing needs, plus the encoded default event."""
-
-    seq: int
-    lsn: int  # commit LSN of its transaction
-    ts_us: int  # commit time, microseconds since the Unix epoch
-    op: int
-    table: str
-    key: bytes
-    body: bytes
-    index: int = 0  # position in its transaction
-
-    @property
-    def operation(self) -> str:
-        return OP_NAMES.get(self.op, "UNKNOWN")
-
-    @property
-    def event_id(self) -> str:
-        return event_id(self.lsn, self.index)
+__all__ = ["OP_CODES", "OP_NAMES", "OP_WATERMARK", "LocalLog", "Position", "Record"]
 
 
 @dataclass(slots=True, frozen=True)
@@ -239,46 +207,49 @@ class LocalLog:
 
     def append(
         self,
-        events: list[tuple[int, int, int, str, str, bytes, bytes, int]],
+        events: list[Record],
         commits: list[tuple[int, int, int, int]],
         order: list[int],
     ) -> None:
         """Append a batch.
 
-        ``events``: (seq, lsn, ts_us, op, table, key, body, index); ``commits``:
-        (last_seq, commit_lsn, end_lsn, ts_us); ``order`` interleaves them: 0 takes
-        the next event, 1 the next commit. Records become visible to readers at
-        once; :meth:`sync_to_disk` makes them durable.
+        ``events``: records in sequence order; ``commits``: (last_seq, commit_lsn,
+        end_lsn, ts_us); ``order`` interleaves them: 0 takes the next event, 1 the
+        next commit. Records become visible to readers at once;
+        :meth:`sync_to_disk` makes them durable.
         """
         assert self._file is not None
         parts: list[bytes] = []
-        recs: list[Record] = []
         ei = ci = 0
         last_commit: Position | None = None
         roll_at: int | None = None
         size = self._file_size
         commit_off: int | None = None
+        pack_hdr = _HDR.pack
+        pack_frame = _FRAME.pack
+        crc32 = zlib.crc32
+        add = parts.append
         for kind in order:
             if kind == 0:
                 seq, lsn, ts, op, table, key, body, idx = events[ei]
                 ei += 1
-                code = OP_CODES[op]
-                fr = _frame(seq, lsn, ts, code, table.encode(), key, body, idx)
-                parts.append(fr)
-                size += len(fr)
-                recs.append(Record(seq, lsn, ts, code, table, key, body, idx))
+                tb = table.encode()
+                payload = pack_hdr(seq, lsn, ts, op, len(tb), len(key), idx) + tb + key + body
+                add(pack_frame(len(payload), crc32(payload)))
+                add(payload)
+                size += 8 + len(payload)
             else:
                 last_seq, commit_lsn, end_lsn, ts = commits[ci]
                 ci += 1
                 fr = _frame(last_seq, end_lsn, ts, KIND_COMMIT, b"", _U64.pack(commit_lsn), b"")
-                parts.append(fr)
+                add(fr)
                 size += len(fr)
                 last_commit = Position(last_seq, commit_lsn, end_lsn)
                 commit_off = size
                 if size >= self.segment_bytes:
-                    roll_at = len(parts)
+                    roll_at = ei + ci
                     break
-        data = b"".join(parts[:roll_at] if roll_at else parts)
+        data = b"".join(parts)
         try:
             self._file.write(data)
             self._file.flush()
@@ -295,6 +266,7 @@ class LocalLog:
             ) from exc
         self._file_size += len(data)
         self._bytes_on_disk += len(data)
+        recs = events[:ei] if roll_at else events
         if recs:
             self._next_seq = recs[-1].seq + 1
         if last_commit is not None:
@@ -302,7 +274,7 @@ class LocalLog:
             assert commit_off is not None
             self._commit_offset = commit_off
         with self._lock:
-            self._tail.extend(recs[: self._count_events(order, roll_at)] if roll_at else recs)
+            self._tail.extend(recs)
             while len(self._tail) > self.memory_events:
                 self._tail.popleft()
         self._notify()
@@ -310,15 +282,8 @@ class LocalLog:
             self.sync_to_disk()
             self._new_segment(self._next_seq, self._written)
             # the rest of the batch goes to the new segment
-            rest_order = order[roll_at:]
-            n_ev = self._count_events(order, roll_at)
-            n_cm = roll_at - n_ev
-            if rest_order:
-                self.append(events[n_ev:], commits[n_cm:], rest_order)
-
-    @staticmethod
-    def _count_events(order: list[int], upto: int | None) -> int:
-        return sum(1 for k in order[:upto] if k == 0)
+            if order[roll_at:]:
+                self.append(events[ei:], commits[ci:], order[roll_at:])
 
     def sync_to_disk(self) -> Position:
         """fsync what was appended; return the new durable position."""

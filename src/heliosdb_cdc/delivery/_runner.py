@@ -60,6 +60,21 @@ def decode_event(body: bytes) -> dict[str, Any]:
     return result
 
 
+class _Lane:
+    """Events of one lane, in order; the reader appends, the lane task drains in batches."""
+
+    __slots__ = ("items", "ready")
+
+    def __init__(self) -> None:
+        self.items: deque[OutboundEvent] = deque()
+        self.ready = asyncio.Event()
+
+    def put(self, ev: OutboundEvent) -> None:
+        self.items.append(ev)
+        if not self.ready.is_set():
+            self.ready.set()
+
+
 @dataclass
 class StreamStats:
     processed: int = 0
@@ -137,7 +152,7 @@ class StreamRunner:
         self._done: set[int] = set()
         self._delivered_buf: list[tuple[str, str, int, float]] = []
         self._skip_ids: set[str] = set()
-        self._lanes: list[asyncio.Queue[OutboundEvent]] = []
+        self._lanes: list[_Lane] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._resume = asyncio.Event()
@@ -167,7 +182,7 @@ class StreamRunner:
         an unreachable broker never blocks CREATE or the service's start."""
         self.cursor = self._saved_cursor = self._last_read = cursor
         self._stop.clear()
-        self._lanes = [asyncio.Queue() for _ in range(max(1, self.sink.lanes))]
+        self._lanes = [_Lane() for _ in range(max(1, self.sink.lanes))]
         self._tasks = [asyncio.create_task(self._lane(q), name=f"{self.name}-lane") for q in self._lanes]
         self._tasks.append(asyncio.create_task(self._reader(), name=f"{self.name}-reader"))
         self._tasks.append(asyncio.create_task(self._checkpointer(), name=f"{self.name}-ckpt"))
@@ -275,7 +290,7 @@ class StreamRunner:
                     continue
                 self._pending.append(rec.seq)
                 assert isinstance(ev, OutboundEvent)
-                lanes[hash((rec.table, rec.key)) % n_lanes].put_nowait(ev)
+                lanes[hash((rec.table, rec.key)) % n_lanes].put(ev)
             if filtered:
                 self.stats.filtered += filtered
                 self._m_filtered.inc(filtered)
@@ -320,7 +335,7 @@ class StreamRunner:
         self._pending.append(rec.seq)
         n_lanes = len(self._lanes)
         for ev in events:
-            self._lanes[hash((ev.table, ev.key)) % n_lanes].put_nowait(ev)
+            self._lanes[hash((ev.table, ev.key)) % n_lanes].put(ev)
 
     def _read_event(
         self, rec: Record, table: str, key: bytes, row: dict[str, Any], i: int
@@ -425,13 +440,16 @@ class StreamRunner:
             self._space.set()
 
     # -- lanes ---------------------------------------------------------------------
-    async def _lane(self, q: asyncio.Queue[OutboundEvent]) -> None:
+    async def _lane(self, lane: _Lane) -> None:
         max_batch = max(1, self.sink.max_batch)
+        items = lane.items
         while True:
-            ev = await q.get()
-            batch = [ev]
-            while len(batch) < max_batch and not q.empty():
-                batch.append(q.get_nowait())
+            if not items:
+                lane.ready.clear()
+                await lane.ready.wait()
+                continue
+            n = min(len(items), max_batch)
+            batch = [items.popleft() for _ in range(n)]
             await self._deliver(batch)
             groups = self._groups
             for e in batch:
@@ -473,15 +491,14 @@ class StreamRunner:
             retry_after = 0.0
             any_fail = False
             n_ok = 0
+            lats: list[float] = []
             for ev, res in zip(todo, results, strict=True):
                 if res.outcome is Outcome.DELIVERED:
                     n_ok += 1
                     if self.record_deliveries:
                         self._delivered_buf.append((self.endpoint, ev.event_id, ev.sequence, now))
                     if ev.commit_ts_us:
-                        lat = now - ev.commit_ts_us / 1_000_000
-                        self.stats.latencies.append(lat)
-                        self._m_e2e.observe(lat)
+                        lats.append(now - ev.commit_ts_us / 1_000_000)
                     continue
                 any_fail = True
                 self._note_error(res.error or res.outcome.value, ev)
@@ -494,6 +511,9 @@ class StreamRunner:
                 self.breaker.record_failure()
             else:
                 self.breaker.record_success()
+            if lats:
+                self.stats.latencies.extend(lats)
+                self._m_e2e.observe_many(lats)
             if n_ok:
                 self._m_success.inc(n_ok)
                 self.stats.delivered += n_ok

@@ -1,8 +1,11 @@
-"""Sans-IO assembly of pgoutput messages into :class:`CdcEvent` objects.
+"""Sans-IO assembly of pgoutput messages into events.
 
-:class:`ChangeDecoder` is fed raw pgoutput payloads (``feed``) and returns the
-events and transaction ends they complete. It holds the relation cache and the
-open transaction, nothing else: no sockets, no clock.
+:class:`ChangeDecoder` is fed raw pgoutput payloads and returns the events and
+transaction ends they complete: ``feed`` gives :class:`CdcEvent` objects,
+``feed_records`` gives :class:`Record` tuples with the event already encoded as
+JSON, which is what capture stores (INSERTs, the bulk of any workload, go from
+the message bytes to the JSON bytes without building Python values). It holds
+the relation cache and the open transaction, nothing else: no sockets, no clock.
 
 Large transactions streamed by protocol v2 are spooled to a temporary file per
 transaction (memory stays bounded) and turned into events at Stream Commit.
@@ -17,8 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+import orjson
+
 from .._errors import DecodeError
-from .._event import CdcEvent, OperationType, format_timestamp
+from .._event import CdcEvent, OperationType, dumps, format_timestamp
+from .._record import OP_CODES, OP_INSERT, OP_WATERMARK, Record
 from ._protocol import (
     UNCHANGED,
     Begin,
@@ -36,7 +42,7 @@ from ._protocol import (
     Update,
     parse_message,
 )
-from ._types import Converter, converter_for
+from ._types import Converter, Encoder, converter_for, encoder_for
 
 log = logging.getLogger("heliosdb_cdc.postgres")
 
@@ -79,6 +85,9 @@ class RelationInfo:
     names: list[str]
     converters: list[Converter]
     key_idx: list[int]
+    encoders: list[Encoder]
+    heads: list[bytes]  # '"name":' per column, for encoding rows
+    insert_head: bytes  # the event's JSON from "operation" to "key" for an INSERT
 
     @property
     def columns(self) -> list[dict[str, Any]]:
@@ -110,6 +119,9 @@ class ChangeDecoder:
         self._ts_us = 0
         self._ts_text = ""
         self._id_prefix = ""
+        self._b_id_prefix = b""
+        self._b_mid = b""
+        self._b_tail = b""
         self._skipping = False
         self._in_stream = False
         self._stream_xid = 0
@@ -122,13 +134,43 @@ class ChangeDecoder:
 
     # -- public --------------------------------------------------------------
     def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd | Watermark]:
-        if payload[:1] == b"I" and not self._in_stream and not self._skipping:
-            return self._fast_insert(payload)
         msg = parse_message(payload, self._in_stream)
         if self._in_stream and isinstance(msg, (Insert, Update, Delete, Truncate)):
             self._spool(payload, msg.xid or self._stream_xid)
             return []
         return self._handle(msg)
+
+    def feed_records(self, payload: bytes) -> list[Record | TxnEnd]:
+        """Like :meth:`feed`, with events as :class:`Record` (body and key as JSON)."""
+        if payload[:1] == b"I" and not self._in_stream and not self._skipping:
+            return [self._insert_record(payload)]
+        out: list[Record | TxnEnd] = []
+        for item in self.feed(payload):
+            if isinstance(item, CdcEvent):
+                out.append(self._record(item))
+            elif isinstance(item, Watermark):
+                w = item
+                out.append(
+                    Record(
+                        w.sequence, w.commit_lsn, w.commit_ts_us, OP_WATERMARK, "", b"", w.content, w.index
+                    )
+                )
+            else:
+                out.append(item)
+        return out
+
+    @staticmethod
+    def _record(ev: CdcEvent) -> Record:
+        return Record(
+            ev.sequence,
+            ev.lsn,
+            ev.commit_ts_us,
+            OP_CODES[ev.operation.value],
+            ev.table,
+            dumps(ev.key),
+            dumps(ev.to_dict()),
+            int(ev.event_id[-6:]),
+        )
 
     @property
     def index(self) -> int:
@@ -190,6 +232,10 @@ class ChangeDecoder:
         self._ts_text = format_timestamp(self._ts)
         self._id_prefix = f"evt_{final_lsn:016x}_"
         self._txn_id = f"txn_{xid}"
+        # the event's JSON around the per-event parts, in the guide's field order
+        self._b_id_prefix = b'{"event_id":"evt_%016x_' % final_lsn
+        self._b_mid = b'","timestamp":"' + self._ts_text.encode() + b'","sequence":'
+        self._b_tail = b',"old_value":null,"transaction_id":"txn_%d"}' % xid
         self._index = 0
         self._skipping = final_lsn <= self.skip_through_lsn
 
@@ -209,6 +255,13 @@ class ChangeDecoder:
             names=[c.name for c in rel.columns],
             converters=[converter_for(c.type_oid) for c in rel.columns],
             key_idx=[i for i, c in enumerate(rel.columns) if c.is_key],
+            encoders=[encoder_for(c.type_oid) for c in rel.columns],
+            heads=[dumps(c.name) + b":" for c in rel.columns],
+            insert_head=b',"operation":"INSERT","database":'
+            + dumps(self.database)
+            + b',"table":'
+            + dumps(table_name(rel.namespace, rel.name))
+            + b',"key":',
         )
         if not info.key_idx and rel.replica_identity != "f" and info.table not in _WARNED_NO_KEY:
             _WARNED_NO_KEY.add(info.table)
@@ -245,8 +298,8 @@ class ChangeDecoder:
         }
         return self._make(info, OperationType.SCHEMA_CHANGE, {}, value, {"columns": old})
 
-    def _fast_insert(self, buf: bytes) -> list[CdcEvent | TxnEnd | Watermark]:
-        """INSERT, the most common message, parsed and converted in one pass."""
+    def _insert_record(self, buf: bytes) -> Record:
+        """INSERT, the most common message, from its bytes to the stored JSON in one pass."""
         try:
             (oid,) = _U32.unpack_from(buf, 1)
             info = self._info(oid)
@@ -254,10 +307,12 @@ class ChangeDecoder:
                 raise DecodeError("insert without new tuple")
             (ncols,) = _I16.unpack_from(buf, 6)
             pos = 8
-            row: dict[str, Any] = {}
-            names = info.names
-            convs = info.converters
+            cols: list[bytes | None] = []
+            add = cols.append
+            heads = info.heads
+            encs = info.encoders
             unpack_len = _I32.unpack_from
+            size = len(buf)
             for i in range(ncols):
                 kind = buf[pos]
                 pos += 1
@@ -265,26 +320,43 @@ class ChangeDecoder:
                     (length,) = unpack_len(buf, pos)
                     pos += 4
                     end = pos + length
-                    # fix: a slice past the end silently gave a short value
-                    if length < 0 or end > len(buf):
+                    # a slice past the end would silently give a short value
+                    if length < 0 or end > size:
                         raise DecodeError("tuple column value truncated", offset=pos - 4)
-                    row[names[i]] = convs[i](buf[pos:end].decode())
+                    add(heads[i] + encs[i](buf[pos:end]))
                     pos = end
                 elif kind == 0x6E:  # 'n'
-                    row[names[i]] = None
+                    add(heads[i] + b"null")
                 elif kind == 0x62:  # 'b'
                     (length,) = unpack_len(buf, pos)
                     pos += 4
-                    if length < 0 or pos + length > len(buf):  # fix: as for 't' above
+                    if length < 0 or pos + length > size:
                         raise DecodeError("tuple column value truncated", offset=pos - 4)
-                    row[names[i]] = bytes(buf[pos : pos + length])
+                    add(heads[i] + dumps(bytes(buf[pos : pos + length])))
                     pos += length
-                elif kind != 0x75:  # 'u' cannot occur in an insert; tolerate it
+                elif kind == 0x75:  # 'u' cannot occur in an insert; tolerate it
+                    add(None)
+                else:
                     raise DecodeError(f"unknown tuple column kind {chr(kind)!r}", offset=pos - 1)
-        except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        except (struct.error, IndexError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise DecodeError(f"truncated or malformed 'I' message: {exc}") from exc
-        key = {names[i]: row.get(names[i]) for i in info.key_idx}
-        return [self._make(info, OperationType.INSERT, key, row, None)]
+        key = b"{" + b",".join([cols[i] or heads[i] + b"null" for i in info.key_idx]) + b"}"
+        value = b"{" + b",".join([c for c in cols if c is not None]) + b"}"
+        self._index += 1
+        index = self._index
+        seq = self.next_sequence
+        self.next_sequence = seq + 1
+        body = b'%s%06d%s%d%s%s,"value":%s%s' % (
+            self._b_id_prefix,
+            index,
+            self._b_mid,
+            seq,
+            info.insert_head,
+            key,
+            value,
+            self._b_tail,
+        )
+        return Record(seq, self._commit_lsn, self._ts_us, OP_INSERT, info.table, key, body, index)
 
     def _row(self, info: RelationInfo, values: list[object]) -> dict[str, Any]:
         row: dict[str, Any] = {}

@@ -26,10 +26,10 @@ import psycopg2.errors
 import psycopg2.extras
 
 from .._errors import SourceError, StateError
-from .._event import _json_default
 from .._metrics import CONFIRMED_LSN, EVENTS_PROCESSED, LOCAL_LOG_BYTES, REPLICATION_UP
+from .._record import OP_WATERMARK, Record
 from ..delivery._locallog import LocalLog
-from ._decoder import ChangeDecoder, RelationInfo, TxnEnd, Watermark
+from ._decoder import ChangeDecoder, RelationInfo, TxnEnd
 from ._protocol import format_lsn
 
 log = logging.getLogger("heliosdb_cdc.capture")
@@ -185,73 +185,38 @@ class Capture:
             decoder.close()
 
     def _loop(self, cur: Any, decoder: ChangeDecoder) -> None:
-        events: list[tuple[int, int, int, str, str, bytes, bytes, int]] = []
+        events: list[Record] = []
         commits: list[tuple[int, int, int, int]] = []
         order: list[int] = []
-        per_table: dict[str, int] = {}
         first_at = 0.0
-        dumps = orjson.dumps
-        default = _json_default
         conn = cur.connection
+        feed = decoder.feed_records
+        status = self.status
         while not self._stop.is_set():
             # pause only between transactions: the log rolls and is trimmed at their ends,
             # so pausing inside one could never free space (the limit is soft by one txn)
             if self.log.size_bytes > self.max_log_bytes and not decoder.in_transaction:
                 if order:
-                    self._flush(cur, events, commits, order, per_table)
-                    events, commits, order, per_table = [], [], [], {}
+                    self._flush(cur, events, commits, order)
+                    events, commits, order = [], [], []
                     first_at = 0.0
                 self._backpressure(cur)
                 continue
             msg = cur.read_message()
             if msg is not None:
-                self.status.received_lsn = msg.data_start
-                for item in decoder.feed(msg.payload):
-                    if isinstance(item, TxnEnd):
-                        commits.append(
-                            (
-                                decoder.next_sequence - 1,
-                                item.commit_lsn,
-                                item.end_lsn,
-                                item.commit_ts_us,
-                            )
-                        )
-                        order.append(1)
-                        self.status.transactions += 1
-                        self.status.last_commit_ts_us = item.commit_ts_us
-                    elif isinstance(item, Watermark):
-                        events.append(
-                            (
-                                item.sequence,
-                                item.commit_lsn,
-                                item.commit_ts_us,
-                                "WATERMARK",
-                                "",
-                                b"",
-                                item.content,
-                                item.index,
-                            )
-                        )
+                status.received_lsn = msg.data_start
+                for item in feed(msg.payload):
+                    if type(item) is Record:
+                        events.append(item)
                         order.append(0)
                     else:
-                        ev = item
-                        body = dumps(ev.to_dict(), default=default)
-                        key = dumps(ev.key, default=default)
-                        ts_us = ev.commit_ts_us
-                        events.append(
-                            (
-                                ev.sequence,
-                                ev.lsn,
-                                ts_us,
-                                ev.operation.value,
-                                ev.table,
-                                key,
-                                body,
-                                int(ev.event_id[-6:]),
-                            )
+                        assert isinstance(item, TxnEnd)
+                        commits.append(
+                            (decoder.next_sequence - 1, item.commit_lsn, item.end_lsn, item.commit_ts_us)
                         )
-                        order.append(0)
-                        per_table[ev.table] = per_table.get(ev.table, 0) + 1
+                        order.append(1)
+                        status.transactions += 1
+                        status.last_commit_ts_us = item.commit_ts_us
                 if not first_at and order:
                     first_at = time.monotonic()
                 if len(order) < self.batch_size and (
@@ -259,8 +224,8 @@ class Capture:
                 ):
                     continue
             if order:
-                self._flush(cur, events, commits, order, per_table)
-                events, commits, order, per_table = [], [], [], {}
+                self._flush(cur, events, commits, order)
+                events, commits, order = [], [], []
                 first_at = 0.0
                 continue
             try:
@@ -271,10 +236,9 @@ class Capture:
     def _flush(
         self,
         cur: Any,
-        events: list[tuple[int, int, int, str, str, bytes, bytes, int]],
+        events: list[Record],
         commits: list[tuple[int, int, int, int]],
         order: list[int],
-        per_table: dict[str, int],
     ) -> None:
         self.log.append(events, commits, order)
         pos = self.log.sync_to_disk()
@@ -282,6 +246,10 @@ class Capture:
         if dec is not None and dec.schema_changed:
             self._save_schemas(dec.known_schemas)
             dec.schema_changed = False
+        per_table: dict[str, int] = {}
+        for rec in events:
+            if rec.op != OP_WATERMARK:
+                per_table[rec.table] = per_table.get(rec.table, 0) + 1
         for table, n in per_table.items():
             EVENTS_PROCESSED.labels(table).inc(n)
         self.status.events += len(events)

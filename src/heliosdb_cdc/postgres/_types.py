@@ -4,6 +4,11 @@ The replication session runs with ``DateStyle=ISO``, ``TimeZone=UTC``,
 ``IntervalStyle=iso_8601`` and ``extra_float_digits=3`` so that the text the
 server sends is already close to ISO 8601; converters only finish the job.
 Arrays of built-in types are parsed by psycopg2's own typecasters.
+
+Two forms per type: a *converter* (text -> Python value, for :class:`CdcEvent`)
+and an *encoder* (text bytes -> the JSON of that value, for the capture hot
+path, which writes events as JSON without building Python values first). For
+every input both give the same JSON; ``tests/test_types.py`` checks it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from typing import Any
 import orjson
 import psycopg2.extensions
 
+from .._event import dumps
+
 Converter = Callable[[str], Any]
+Encoder = Callable[[bytes], bytes]
 
 
 def _to_int(s: str) -> int:
@@ -172,6 +180,72 @@ def converter_for(type_oid: int) -> Converter:
             conv = _to_str
         _CACHE[type_oid] = conv
     return conv
+
+
+# -- encoders: PostgreSQL text (bytes) -> JSON (bytes) -------------------------------
+_dumps = orjson.dumps
+_NUMERIC_SPECIAL = {b"NaN": b'"NaN"', b"Infinity": b'"Infinity"', b"-Infinity": b'"-Infinity"'}
+
+
+def _enc_verbatim(b: bytes) -> bytes:
+    return b  # integers: PostgreSQL's text is already the JSON number
+
+
+def _enc_numeric(b: bytes) -> bytes:
+    # finite numerics print in positional notation with every digit: already JSON
+    return _NUMERIC_SPECIAL.get(b, b)
+
+
+def _enc_bool(b: bytes) -> bytes:
+    return b"true" if b == b"t" else b"false"
+
+
+def _enc_str(b: bytes) -> bytes:
+    return _dumps(b.decode())
+
+
+def _enc_float(b: bytes) -> bytes:
+    f = float(b)
+    return _dumps(f) if math.isfinite(f) else _dumps(b.decode())
+
+
+def _enc_json(b: bytes) -> bytes:
+    return _dumps(orjson.loads(b))
+
+
+def _enc_timestamptz(b: bytes) -> bytes:
+    if b[-3:] == b"+00" and b[10:11] == b" ":  # UTC, the session's zone: no escaping needed
+        return b'"%sT%sZ"' % (b[:10], b[11:-3])
+    return _dumps(_to_timestamptz(b.decode()))
+
+
+def _generic_encoder(conv: Converter) -> Encoder:
+    def encode(b: bytes) -> bytes:
+        return dumps(conv(b.decode()))  # Decimal, bytes and > 64-bit integers too
+
+    return encode
+
+
+_ENCODERS: dict[Converter, Encoder] = {
+    _to_int: _enc_verbatim,
+    _to_numeric: _enc_numeric,
+    _to_bool: _enc_bool,
+    _to_str: _enc_str,
+    _to_float: _enc_float,
+    _to_json: _enc_json,
+    _to_timestamptz: _enc_timestamptz,
+}
+_ENC_CACHE: dict[int, Encoder] = {}
+
+
+def encoder_for(type_oid: int) -> Encoder:
+    """The encoder of one column type: same JSON as ``converter_for`` then encoding."""
+    enc = _ENC_CACHE.get(type_oid)
+    if enc is None:
+        conv = converter_for(type_oid)
+        enc = _ENCODERS.get(conv) or _generic_encoder(conv)
+        _ENC_CACHE[type_oid] = enc
+    return enc
 
 
 def is_numeric_type(type_oid: int) -> bool:
