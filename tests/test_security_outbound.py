@@ -4,7 +4,6 @@ trustme), the SSRF guard at registration and at connect time, redirects."""
 from __future__ import annotations
 
 import datetime as dt
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,13 +12,12 @@ from typing import Any
 import pytest
 import trustme
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from heliosdb_cdc._config import Config, StreamConfig, config_from_dict
 from heliosdb_cdc._embedded import free_port
 from heliosdb_cdc._errors import ConfigError
 from heliosdb_cdc.sinks._base import OutboundEvent, Outcome
-from heliosdb_cdc.sinks._ssrf import GuardedResolver, SsrfGuard, SsrfRefused
+from heliosdb_cdc.sinks._ssrf import SsrfGuard, SsrfRefused
 from heliosdb_cdc.sinks._tls import client_context, create_mtls_client
 from heliosdb_cdc.sinks._webhook import WebhookSink
 from heliosdb_cdc.sinks._webhook_security import validate_webhook_stream, webhook_security_kwargs
@@ -242,49 +240,38 @@ async def test_registration_resolves_and_checks(tmp_path: Path) -> None:
         await validate_webhook_stream(stream("http://no-such-host.invalid/h"), default)
 
 
-class FlippingResolver(AbstractResolver):
+class FlippingResolver:
     """DNS rebinding: the first answer is harmless, later answers point elsewhere."""
 
     def __init__(self, answers: list[str]) -> None:
         self.answers = answers
         self.calls = 0
 
-    async def resolve(self, host: str, port: int = 0, family: Any = socket.AF_INET) -> list[ResolveResult]:
+    async def __call__(self, host: str, port: int) -> list[str]:
         addr = self.answers[min(self.calls, len(self.answers) - 1)]
         self.calls += 1
-        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        return [
-            ResolveResult(
-                hostname=host, host=addr, port=port, family=fam, proto=0, flags=socket.AI_NUMERICHOST
-            )
-        ]
-
-    async def close(self) -> None:
-        return None
+        return [addr]
 
 
 async def test_connect_time_check_defeats_dns_rebinding(server: Server) -> None:
     url, got = await server()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
-    inner = FlippingResolver(["127.0.0.1", "169.254.169.254"])
+    flipping = FlippingResolver(["127.0.0.1", "169.254.169.254"])
     sink = WebhookSink(f"http://hooks.example.test:{port}/hook", ["s"], ssrf_guard=SsrfGuard())
     await sink.start()
-    assert sink._session is not None
-    resolver = sink._session.connector._resolver  # type: ignore[union-attr]
-    assert isinstance(resolver, GuardedResolver)
-    resolver._inner = inner
-    sink._session.connector._use_dns_cache = False  # type: ignore[union-attr]
-    sink._session.connector._force_close = True  # type: ignore[union-attr]
+    assert sink._pool is not None
+    sink._pool.resolver = flipping
     try:
         first = (await sink.send([event(1)]))[0]
         assert first.ok, first.error
+        sink._pool.close()  # drop the kept-alive connection: the next send connects anew
         second = (await sink.send([event(2)]))[0]
     finally:
         await sink.close()
     assert second.outcome is Outcome.RETRY
     assert "refused by the SSRF guard" in (second.error or "")
     assert "169.254.169.254" in (second.error or "")
-    assert len(got) == 1 and inner.calls == 2
+    assert len(got) == 1 and flipping.calls == 2
 
 
 async def test_connect_time_check_of_literal_and_blocked_private(server: Server) -> None:

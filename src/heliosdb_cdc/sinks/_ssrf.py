@@ -1,11 +1,11 @@
 """SSRF guard for webhook destinations.
 
 A webhook URL is checked twice: when the stream is created (its host resolved
-and every address checked) and again each time a connection is opened (a
-resolver that re-checks what DNS returns *now*, so a name that resolved to a
-public address at registration cannot be re-bound to the metadata service
-later). Redirects are never followed (the webhook sink sends with
-``allow_redirects=False`` and treats 3xx as a permanent failure).
+and every address checked) and again each time a connection is opened
+(``_http.HttpPool`` resolves the name anew and connects only to allowed
+addresses, so a name that resolved to a public address at registration cannot be
+re-bound to the metadata service later). Redirects are never followed (the
+webhook sink treats 3xx as a permanent failure).
 
 Policy (``security`` section of the configuration):
 
@@ -27,9 +27,6 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -153,32 +150,3 @@ class SsrfGuard:
         except ValueError:
             return
         self.check_address(host)
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that drops refused addresses at connect time.
-
-    If every address a name resolves to is refused, resolution fails with
-    :class:`SsrfRefused` (aiohttp reports it as a connection error naming the
-    reason; the delivery is retried and finally dead-lettered).
-    """
-
-    def __init__(self, guard: SsrfGuard, inner: AbstractResolver | None = None) -> None:
-        self.guard = guard
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if self._inner is None:
-            self._inner = ThreadedResolver()
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self.guard.reason(r["host"]) is None]
-        if not allowed:
-            reasons = "; ".join(sorted({self.guard.reason(r["host"]) or "" for r in results}))
-            raise SsrfRefused(f"webhook destination refused by the SSRF guard: {host} -> {reasons}")
-        return allowed
-
-    async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()

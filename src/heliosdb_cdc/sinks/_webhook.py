@@ -1,4 +1,4 @@
-"""HTTP webhook destination: signed POSTs with aiohttp.
+"""HTTP webhook destination: signed POSTs over keep-alive connections (``_http.HttpPool``).
 
 Headers: ``Content-Type: application/json``, ``X-HeliosDB-Signature:
 sha256=<hex HMAC-SHA256 of the exact body>`` (one ``sha256=`` value per active
@@ -25,13 +25,16 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import aiohttp
-
 from . import _standard_webhooks as standard_webhooks
 from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
-from ._ssrf import GuardedResolver, SsrfGuard, SsrfRefused
+from ._http import HttpPool
+from ._ssrf import SsrfGuard, SsrfRefused
 
 RETRYABLE_4XX = frozenset({408, 425, 429})
+_HEAD = (
+    b"Content-Type: application/json\r\n"
+    b"X-HeliosDB-Event-ID: %s\r\nX-HeliosDB-Timestamp: %s\r\nX-HeliosDB-Sequence: %d\r\n"
+)
 
 
 _TS_CACHE: list[object] = [0, ""]
@@ -49,6 +52,15 @@ def _now_header() -> str:
 def sign(body: bytes, secret: str) -> str:
     """``sha256=<hex>``: what the guide's ``verify_signature`` expects."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _encode_headers(headers: dict[str, str]) -> bytes:
+    """``Name: value\\r\\n`` lines; a line break in a name or value is refused (header injection)."""
+    text = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    if text.count("\r") != len(headers) or text.count("\n") != len(headers):
+        bad = next(k for k, v in headers.items() if "\r" in k + v or "\n" in k + v)
+        raise ValueError(f"header {bad!r} contains a line break")
+    return text.encode()
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -84,57 +96,50 @@ class WebhookSink:
         self.lanes = lanes
         self.max_batch = batch_size
         self.batch_mode = batch_size > 1
-        self.timeout = aiohttp.ClientTimeout(total=timeout_secs, connect=min(timeout_secs, 10))
+        self.timeout_secs = timeout_secs
         self.limit = max_concurrent_requests
         self.semaphore = semaphore
         self.ssl_context = ssl_context
         self.max_payload_bytes = max_payload_bytes
         self.extra_headers = extra_headers or {}
+        self._extra = _encode_headers(self.extra_headers)
         # security (docs/security.md): Standard Webhooks keys, connect-time SSRF guard
         self.signature_scheme = signature_scheme
         std = signature_scheme == "standard"
         self._std_keys = [standard_webhooks.parse_secret(s) for s in self.secrets] if std else []
         self.ssrf_guard = ssrf_guard
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: HttpPool | None = None
         self._literal_verdict: str | None = None  # "" allowed, else the refusal
 
     async def start(self) -> None:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.limit,
-                limit_per_host=self.limit,
-                ssl=self.ssl_context or True,
-                resolver=GuardedResolver(self.ssrf_guard) if self.ssrf_guard else None,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self.timeout,
-                skip_auto_headers=("User-Agent",),
-                headers={"User-Agent": "heliosdb-cdc"},
+        if self._pool is None:
+            self._pool = HttpPool(
+                self.url,
+                ssl_context=self.ssl_context,
+                connect_timeout=min(self.timeout_secs, 10),
+                timeout=self.timeout_secs,
+                ssrf_guard=self.ssrf_guard,
+                max_idle=self.limit,
             )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
-    def headers_for(self, body: bytes, events: Sequence[OutboundEvent]) -> dict[str, str]:
+    def _header_bytes(self, body: bytes, events: Sequence[OutboundEvent]) -> bytes:
         first = events[0]
-        headers = {
-            "Content-Type": "application/json",
-            "X-HeliosDB-Event-ID": first.event_id,
-            "X-HeliosDB-Timestamp": _now_header(),
-            "X-HeliosDB-Sequence": str(first.sequence),
-        }
+        head = _HEAD % (first.event_id.encode(), _now_header().encode(), first.sequence)
         if len(events) > 1:
-            headers["X-HeliosDB-Event-Count"] = str(len(events))
+            head += b"X-HeliosDB-Event-Count: %d\r\n" % len(events)
         if self._std_keys:
-            headers.update(standard_webhooks.headers(self._std_keys, first.event_id, body))
+            head += _encode_headers(standard_webhooks.headers(self._std_keys, first.event_id, body))
         elif self.secrets:
-            headers["X-HeliosDB-Signature"] = ",".join(sign(body, s) for s in self.secrets)
-        headers.update(self.extra_headers)
-        headers.update(first.headers)
-        return headers
+            head += b"X-HeliosDB-Signature: %s\r\n" % ",".join(sign(body, s) for s in self.secrets).encode()
+        head += self._extra
+        if first.headers:
+            head += _encode_headers(first.headers)
+        return head
 
     async def send(self, batch: Sequence[OutboundEvent]) -> list[SinkResult]:
         if not batch:
@@ -163,32 +168,29 @@ class WebhookSink:
                     self._literal_verdict = str(exc)
             if self._literal_verdict:
                 return SinkResult(Outcome.FAILED, self._literal_verdict)
-        if self._session is None:
+        if self._pool is None:
             await self.start()
-        assert self._session is not None
-        headers = self.headers_for(body, events)
+        assert self._pool is not None
+        try:
+            headers = self._header_bytes(body, events)
+        except ValueError as exc:
+            return SinkResult(Outcome.FAILED, str(exc))
         sem = self.semaphore
         try:
             if sem is not None:
                 await sem.acquire()
             try:
-                async with self._session.post(
-                    self.url, data=body, headers=headers, allow_redirects=False
-                ) as resp:
-                    await resp.read()
-                    status = resp.status
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                status, retry_header = await self._pool.post(headers, body)
             finally:
                 if sem is not None:
                     sem.release()
         except TimeoutError:
-            return SinkResult(Outcome.RETRY, f"timed out after {self.timeout.total}s")
-        except aiohttp.ClientSSLError as exc:
+            return SinkResult(Outcome.RETRY, f"timed out after {self.timeout_secs}s")
+        except ssl.SSLError as exc:
             return SinkResult(Outcome.RETRY, f"TLS error: {exc}")
-        except aiohttp.ClientError as exc:
-            return SinkResult(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
         except OSError as exc:
             return SinkResult(Outcome.RETRY, f"connection error: {exc}")
+        retry_after = _retry_after(retry_header)
         if 200 <= status < 300:
             return DELIVERED
         if status >= 500 or status in RETRYABLE_4XX:
