@@ -11,7 +11,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -121,7 +121,7 @@ EVENTS_FILTERED = Counter(
     ["stream"],
     registry=REGISTRY,
 )
-DELIVERY_DURATION = Histogram(
+DELIVERY_DURATION = BatchHistogram(
     "heliosdb_webhook_delivery_duration_seconds",
     "Delivery latency: one request to the destination, from send to response",
     ["stream", "endpoint"],

@@ -9,7 +9,8 @@ llhttp parser uvicorn uses) parse the response; it reads only the status and
 ``Retry-After``.
 
 One request is in flight per connection; concurrency comes from the connection
-count (the stream's lanes). Connections are opened on demand: with an
+count (the stream's lanes). Request timeouts are enforced by one periodic sweep
+(every tenth of the timeout, at most 1 s), not a timer per request. Connections are opened on demand: with an
 :class:`SsrfGuard` the host is resolved and every address checked on each new
 connection (DNS rebinding cannot slip a refused address in later); TLS uses the
 given ``ssl.SSLContext`` (system CAs by default) with the URL's host name for
@@ -52,7 +53,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.retry_after: str | None = None
         self.reusable = False
-        self._header = b""
+        self.deadline = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,6 +151,8 @@ class HttpPool:
             "latin-1"
         )
         self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         try:
             ipaddress.ip_address(self.host.split("%", 1)[0])
             self._literal = True
@@ -171,14 +174,34 @@ class HttpPool:
         if conn is None:
             conn = await self._connect()
         fut = conn.request(b"%s%sContent-Length: %d\r\n\r\n%s" % (self._head, headers, len(body), body))
-        timer = conn.loop.call_later(self.timeout, conn.fail, TimeoutError())
+        loop = conn.loop
+        conn.deadline = loop.time() + self.timeout
+        busy = self._busy
+        busy.add(conn)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep)
         try:
             result = await fut
         finally:
-            timer.cancel()
+            busy.discard(conn)
         if conn.reusable and len(idle) < self.max_idle:
             idle.append(conn)
         return result
+
+    @property
+    def _sweep_every(self) -> float:
+        return min(max(self.timeout / 10, 0.01), 1.0)
+
+    def _sweep(self) -> None:
+        """Fail requests past their deadline: one timer for the pool, not one per request."""
+        self._sweeper = None
+        if not self._busy:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in [c for c in self._busy if c.deadline <= now]:
+            conn.fail(TimeoutError())
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
     async def _addresses(self) -> list[str]:
         if self.ssrf_guard is None:
@@ -221,6 +244,9 @@ class HttpPool:
         raise last
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         idle, self._idle = self._idle, []
         for c in idle:
             if c.transport is not None:
