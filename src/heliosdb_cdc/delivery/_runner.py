@@ -474,7 +474,8 @@ class StreamRunner:
         first_at = time.time()
         retry = self.retry
         while todo:
-            await self.breaker.acquire()
+            if not self.breaker.try_acquire():
+                await self.breaker.acquire()
             t0 = time.perf_counter()
             try:
                 results = await self.sink.send(todo)

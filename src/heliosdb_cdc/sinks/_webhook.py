@@ -148,6 +148,9 @@ class WebhookSink:
             body = b"[" + b",".join(e.body for e in batch) + b"]"
             res = await self._post(body, batch)
             return [res] * len(batch)
+        if len(batch) == 1:  # the default (one event per POST): no gather, no extra tasks
+            ev = batch[0]
+            return [await self._post(ev.body, (ev,))]
         results = await asyncio.gather(*(self._post(e.body, (e,)) for e in batch))
         return list(results)
 
