@@ -200,6 +200,11 @@ class KafkaSink:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
+                # after a commit, the next transaction's AddPartitionsToTxn is answered
+                # CONCURRENT_TRANSACTIONS until the commit markers are written; librdkafka
+                # retries after retry.backoff.ms (100 ms by default, backing off exponentially
+                # up to retry.backoff.max.ms), which made every small transaction take ~100 ms
+                "retry.backoff.ms": 10,
                 "batch.num.messages": 10000,
                 "partitioner": "murmur2_random",
                 "message.timeout.ms": timeout_ms,
