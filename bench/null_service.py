@@ -69,11 +69,10 @@ class Counter:
 
 
 def rss_hwm_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    """VmHWM of this process plus its children (the decode worker), kB."""
+    from run import vm_hwm_kb
+
+    return vm_hwm_kb(os.getpid())
 
 
 async def serve(dsn: str, state_dir: str, status_file: str, stop: asyncio.Event) -> None:

@@ -107,15 +107,21 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
 
 
 def vm_hwm_kb(pid: int) -> int:
-    """Peak resident set (VmHWM) of a process, kB."""
+    """Peak resident set (VmHWM) of a process plus its live descendants (heliosdb-cdc's
+    decode worker, a launcher script's JVM), kB: the sum of peaks, an upper bound."""
+    total = 0
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+                    total = int(line.split()[1])
+                    break
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                total += sum(vm_hwm_kb(int(child)) for child in f.read().split())
     except OSError:
         pass
-    return 0
+    return total
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

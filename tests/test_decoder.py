@@ -476,3 +476,23 @@ def test_spooling_uses_a_temporary_file(monkeypatch: pytest.MonkeyPatch) -> None
     assert len(evs) == 20
     assert all(e.value is not None and e.value["status"] == big for e in evs)
     dec.close()
+
+
+def test_table_without_key_is_a_notice_not_a_log_line() -> None:
+    dec = ChangeDecoder("db")
+    cols = [("msg", 25, -1, False)]
+    dec.feed(b.relation(ORDERS, "public", "logs", cols, "d"))
+    assert dec.notices == [
+        "table logs has no primary key or replica identity: its events carry an empty key "
+        "and UPDATE/DELETE cannot name the row"
+    ]
+    dec.notices.clear()
+    dec.feed(b.relation(ITEMS, "public", "full_logs", cols, "f"))  # REPLICA IDENTITY FULL names rows
+    assert dec.notices == []
+
+
+def test_decode_errors_cross_the_worker_boundary_with_their_context() -> None:
+    import pickle
+
+    err = pickle.loads(pickle.dumps(DecodeError("truncated 'I' message", offset=12, oid=99)))
+    assert isinstance(err, DecodeError) and str(err) == "truncated 'I' message (offset=12, oid=99)"

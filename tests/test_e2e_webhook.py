@@ -129,9 +129,12 @@ async def test_unchanged_toast_is_not_a_fake_null(
     assert events[1]["value"]["n"] == 2
 
 
-async def test_restart_resumes_without_loss(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode_worker", [True, False], ids=["worker", "in-thread"])
+async def test_restart_resumes_without_loss(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path, decode_worker: bool
+) -> None:
     pg_db.execute(ORDERS)
-    cfg = make_config(pg_db, tmp_path)
+    cfg = make_config(pg_db, tmp_path, cdc={"decode_worker": decode_worker})
     reg = WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["orders"])
     async with WebhookServer(cfg) as server:
         await server.register(reg)

@@ -17,11 +17,19 @@ class CdcError(Exception):
         self.message = message
         self.context = {k: v for k, v in context.items() if v is not None}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the context across processes (errors from the decode worker are pickled)
+        return (_rebuild, (type(self), self.message, self.context))
+
     def __str__(self) -> str:
         if not self.context:
             return self.message
         ctx = ", ".join(f"{k}={v}" for k, v in self.context.items())
         return f"{self.message} ({ctx})"
+
+
+def _rebuild(cls: type[CdcError], message: str, context: dict[str, Any]) -> CdcError:
+    return cls(message, **context)
 
 
 class ConfigError(CdcError):

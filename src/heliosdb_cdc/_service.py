@@ -174,7 +174,7 @@ class WebhookServer:
             streaming=cfg.source.streaming,
             status_interval=cfg.source.status_interval_secs,
             reconnect_max_delay=cfg.source.reconnect_max_delay_secs,
-            on_relation=self._on_relation,
+            decode_worker=cfg.cdc.decode_worker,
         )
         self._loop = asyncio.get_running_loop()
         self.capture.start()
@@ -268,21 +268,6 @@ class WebhookServer:
             await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
         finally:
             conn.close()
-
-    def _on_relation(self, old: Any, info: Any) -> None:
-        """Capture thread: a table's shape is known or changed; tell sinks that encode by schema."""
-        columns = info.columns
-        loop = getattr(self, "_loop", None)
-        if loop is None:
-            return
-
-        def apply() -> None:
-            for runner in self.runners.values():
-                setter = getattr(runner.sink, "set_columns", None)
-                if setter is not None:
-                    setter(info.table, columns)
-
-        loop.call_soon_threadsafe(apply)
 
     def columns_of(self, table: str) -> list[dict[str, Any]]:
         cols = self._table_columns.get(table)

@@ -13,7 +13,6 @@ transaction (memory stays bounded) and turned into events at Stream Commit.
 
 from __future__ import annotations
 
-import logging
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -44,13 +43,10 @@ from ._protocol import (
 )
 from ._types import Converter, Encoder, converter_for, encoder_for
 
-log = logging.getLogger("heliosdb_cdc.postgres")
-
 _LEN = struct.Struct("!I")
 _U32 = struct.Struct("!I")
 _I32 = struct.Struct("!i")
 _I16 = struct.Struct("!h")
-_WARNED_NO_KEY: set[str] = set()
 
 
 @dataclass(slots=True, frozen=True)
@@ -127,10 +123,11 @@ class ChangeDecoder:
         self._stream_xid = 0
         self._spools: dict[int, IO[bytes]] = {}
         self._aborted_sub: dict[int, set[int]] = {}
-        self.schema_listeners: list[Any] = []
         # table -> column list last seen, to turn a changed Relation into SCHEMA_CHANGE
         self.known_schemas: dict[str, list[dict[str, Any]]] = {}
         self.schema_changed = False
+        # warnings for the operator; the driver logs them (this module does no I/O)
+        self.notices: list[str] = []
 
     # -- public --------------------------------------------------------------
     def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd | Watermark]:
@@ -263,12 +260,10 @@ class ChangeDecoder:
             + dumps(table_name(rel.namespace, rel.name))
             + b',"key":',
         )
-        if not info.key_idx and rel.replica_identity != "f" and info.table not in _WARNED_NO_KEY:
-            _WARNED_NO_KEY.add(info.table)
-            log.warning(
-                "table %s has no primary key or replica identity: its events carry an "
-                "empty key and UPDATE/DELETE cannot name the row",
-                info.table,
+        if not info.key_idx and rel.replica_identity != "f":
+            self.notices.append(
+                f"table {info.table} has no primary key or replica identity: its events carry "
+                "an empty key and UPDATE/DELETE cannot name the row"
             )
         self.relations[rel.oid] = info
         cols = info.columns

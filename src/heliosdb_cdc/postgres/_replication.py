@@ -15,7 +15,8 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,15 @@ import psycopg2.extras
 
 from .._errors import SourceError, StateError
 from .._metrics import CONFIRMED_LSN, EVENTS_PROCESSED, LOCAL_LOG_BYTES, REPLICATION_UP
-from .._record import OP_WATERMARK, Record
+from .._record import OP_WATERMARK
 from ..delivery._locallog import LocalLog
-from ._decoder import ChangeDecoder, RelationInfo, TxnEnd
+from ._decoder import ChangeDecoder, RelationInfo
+from ._decoding import DecodedBatch, Decoding, InThread, InWorker
 from ._protocol import format_lsn
 
 log = logging.getLogger("heliosdb_cdc.capture")
 
+_TXN_ENDS = (b"C", b"c")  # Commit, Stream Commit
 SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3"
 
 
@@ -67,7 +70,7 @@ class Capture:
         streaming: bool = False,
         status_interval: float = 10.0,
         reconnect_max_delay: float = 30.0,
-        on_relation: Callable[[RelationInfo | None, RelationInfo], None] | None = None,
+        decode_worker: bool = True,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -80,14 +83,14 @@ class Capture:
         self.streaming = streaming
         self.status_interval = status_interval
         self.reconnect_max_delay = reconnect_max_delay
-        self.on_relation = on_relation
+        self.decode_worker = decode_worker
+        self._noticed: set[str] = set()
         self.status = CaptureStatus()
         self.relations: dict[int, RelationInfo] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None
         self._metric_slot = slot
-        self._decoder: ChangeDecoder | None = None
 
     def start(self) -> None:
         self._stop.clear()
@@ -158,12 +161,15 @@ class Capture:
         # skip what the log already holds, fsynced or not: in this process the page
         # cache has it; after a crash, recovery has cut the log to what is durable
         pos = self.log.written
-        decoder = ChangeDecoder(self.database, self.log.next_seq, pos.commit_lsn)
-        decoder.relations = self.relations
-        decoder.known_schemas = self._load_schemas()
-        if self.on_relation is not None:
-            decoder.schema_listeners.append(self.on_relation)
-        self._decoder = decoder
+        schemas = self._load_schemas()
+        decoding: Decoding
+        if self.decode_worker:
+            decoding = InWorker(self.database, self.log.next_seq, pos.commit_lsn, schemas)
+        else:
+            decoder = ChangeDecoder(self.database, self.log.next_seq, pos.commit_lsn)
+            decoder.relations = self.relations
+            decoder.known_schemas = schemas
+            decoding = InThread(decoder)
         options = {"proto_version": "1", "publication_names": self.publication}
         if self.streaming:
             options.update(proto_version="2", streaming="on")
@@ -180,72 +186,96 @@ class Capture:
             log.info("capture resumed after: %s", self.status.last_error)
         self.status.last_error = None
         try:
-            self._loop(cur, decoder)
+            self._loop(cur, decoding)
         finally:
-            decoder.close()
+            decoding.close()
 
-    def _loop(self, cur: Any, decoder: ChangeDecoder) -> None:
-        events: list[Record] = []
-        commits: list[tuple[int, int, int, int]] = []
-        order: list[int] = []
+    def _loop(self, cur: Any, decoding: Decoding) -> None:
+        """Read payloads; decode them in batches (pipelined with a worker); write each
+        decoded batch to the log, fsync, confirm."""
+        payloads: list[bytes] = []
+        inflight: deque[tuple[Future[DecodedBatch], int]] = deque()
+        pending = 0  # payload bytes read but not yet in the log
+        in_txn = False  # after the last batch written
+        finishing = False  # the log is full: reading on to the end of the open transaction
         first_at = 0.0
         conn = cur.connection
-        feed = decoder.feed_records
         status = self.status
+
+        def write_next() -> None:
+            nonlocal pending, in_txn, finishing
+            fut, nbytes = inflight.popleft()
+            in_txn = self._write(cur, decoding.collect(fut))
+            pending -= nbytes
+            finishing = finishing and in_txn
+
+        def submit() -> None:
+            nonlocal payloads, first_at
+            inflight.append((decoding.submit(payloads), sum(len(p) for p in payloads)))
+            payloads = []
+            first_at = 0.0
+
         while not self._stop.is_set():
             # pause only between transactions: the log rolls and is trimmed at their ends,
             # so pausing inside one could never free space (the limit is soft by one txn)
-            if self.log.size_bytes > self.max_log_bytes and not decoder.in_transaction:
-                if order:
-                    self._flush(cur, events, commits, order)
-                    events, commits, order = [], [], []
-                    first_at = 0.0
-                self._backpressure(cur)
-                continue
+            if not finishing and self.log.size_bytes + pending > self.max_log_bytes:
+                if payloads:
+                    submit()
+                if inflight:
+                    write_next()
+                    continue
+                if not in_txn:
+                    self._backpressure(cur)
+                    continue
+                finishing = True
             msg = cur.read_message()
             if msg is not None:
                 status.received_lsn = msg.data_start
-                for item in feed(msg.payload):
-                    if type(item) is Record:
-                        events.append(item)
-                        order.append(0)
-                    else:
-                        assert isinstance(item, TxnEnd)
-                        commits.append(
-                            (decoder.next_sequence - 1, item.commit_lsn, item.end_lsn, item.commit_ts_us)
-                        )
-                        order.append(1)
-                        status.transactions += 1
-                        status.last_commit_ts_us = item.commit_ts_us
-                if not first_at and order:
-                    first_at = time.monotonic()
-                if len(order) < self.batch_size and (
-                    not order or time.monotonic() - first_at < self.poll_interval
-                ):
+                payloads.append(msg.payload)
+                pending += len(msg.payload)
+                if finishing and msg.payload[:1] in _TXN_ENDS:
+                    submit()  # the open transaction may end here: write it all, then pause
+                    while inflight:
+                        write_next()
                     continue
-            if order:
-                self._flush(cur, events, commits, order)
-                events, commits, order = [], [], []
-                first_at = 0.0
+                if not first_at:
+                    first_at = time.monotonic()
+                if len(payloads) < self.batch_size and time.monotonic() - first_at < self.poll_interval:
+                    if inflight and inflight[0][0].done():
+                        write_next()
+                    continue
+            if payloads:
+                submit()
+                if len(inflight) > 2:  # bound the pipeline: at most 2 batches being decoded
+                    write_next()
+                continue
+            if inflight:
+                write_next()
                 continue
             try:
                 select.select([conn], [], [], min(self.poll_interval * 4, 0.5))
             except InterruptedError:
                 pass
+        while inflight:  # stopping: what was read and decoded still goes to the log
+            write_next()
 
-    def _flush(
-        self,
-        cur: Any,
-        events: list[Record],
-        commits: list[tuple[int, int, int, int]],
-        order: list[int],
-    ) -> None:
-        self.log.append(events, commits, order)
-        pos = self.log.sync_to_disk()
-        dec = self._decoder
-        if dec is not None and dec.schema_changed:
-            self._save_schemas(dec.known_schemas)
-            dec.schema_changed = False
+    def _write(self, cur: Any, batch: DecodedBatch) -> bool:
+        """Append a decoded batch, fsync, confirm; return whether a transaction is open."""
+        events = batch.events
+        if batch.order:
+            self.log.append(events, batch.commits, batch.order)
+            pos = self.log.sync_to_disk()
+        else:
+            pos = self.log.durable
+        if batch.schemas is not None:
+            self._save_schemas(batch.schemas)
+        for notice in batch.notices:
+            if notice not in self._noticed:  # once per process, not per session
+                self._noticed.add(notice)
+                log.warning("%s", notice)
+        if batch.commits:
+            self.status.transactions += len(batch.commits)
+            self.status.last_commit_ts_us = batch.commits[-1][3]
         per_table: dict[str, int] = {}
         for rec in events:
             if rec.op != OP_WATERMARK:
@@ -258,6 +288,7 @@ class Capture:
             cur.send_feedback(write_lsn=pos.end_lsn, flush_lsn=pos.end_lsn, force=True)
             self.status.confirmed_lsn = pos.end_lsn
             CONFIRMED_LSN.labels(self._metric_slot).set(pos.end_lsn)
+        return batch.in_transaction
 
     @property
     def _schemas_path(self) -> Path:

@@ -1,0 +1,63 @@
+"""Decoding batches in the capture thread and in the worker process give the same records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from heliosdb_cdc import DecodeError
+from heliosdb_cdc._record import Record
+from heliosdb_cdc.postgres._decoder import ChangeDecoder
+from heliosdb_cdc.postgres._decoding import InThread, InWorker
+from tests import pgoutput_builders as b
+
+TS = int(datetime(2026, 1, 4, 12, 0, 0, tzinfo=UTC).timestamp() * 1_000_000)
+COLS = [("id", 23, -1, True), ("note", 25, -1, False)]
+
+
+def payloads() -> list[list[bytes]]:
+    """Three batches; the second transaction spans the first two batches."""
+    rel = b.relation(16384, "public", "t", COLS, "d")
+    return [
+        [rel, b.begin(0x10, TS, 7), b.insert(16384, ["1", "a"]), b.commit(0x10, 0x18, TS),
+         b.begin(0x20, TS, 8), b.insert(16384, ["2", "b"])],
+        [b.update(16384, ["2", "c"]), b.commit(0x20, 0x28, TS)],
+        [b.begin(0x30, TS, 9), b.delete(16384, ["1", None]), b.commit(0x30, 0x38, TS)],
+    ]  # fmt: skip
+
+
+def test_worker_and_thread_give_the_same_batches() -> None:
+    thread = InThread(ChangeDecoder("db", 5, 0))
+    worker = InWorker("db", 5, 0, {})
+    try:
+        futures = [(thread.submit(p), worker.submit(p)) for p in payloads()]
+        got = [(thread.collect(a), worker.collect(b_)) for a, b_ in futures]
+    finally:
+        thread.close()
+        worker.close()
+    for here, there in got:
+        assert here.events == there.events and all(type(r) is Record for r in there.events)
+        assert (here.commits, here.order, here.in_transaction) == (
+            there.commits,
+            there.order,
+            there.in_transaction,
+        )
+    first, second, third = (g[1] for g in got)
+    assert [r.seq for r in first.events] == [5, 6] and first.in_transaction
+    assert first.commits == [(5, 0x10, 0x18, TS)] and first.order == [0, 1, 0]
+    assert second.commits == [(7, 0x20, 0x28, TS)] and not second.in_transaction
+    assert [r.operation for r in third.events] == ["DELETE"]
+    assert first.schemas == {"t": [{"name": "id", "type_oid": 23, "typmod": -1, "key": True},
+                                   {"name": "note", "type_oid": 25, "typmod": -1, "key": False}]}  # fmt: skip
+
+
+def test_worker_skips_what_the_log_holds_and_reports_errors() -> None:
+    worker = InWorker("db", 1, 0x20, {})  # transactions committed at or before 0x20 are logged
+    try:
+        batches = [worker.collect(worker.submit(p)) for p in payloads()]
+        assert [r.lsn for batch in batches for r in batch.events] == [0x30]
+        with pytest.raises(DecodeError, match="never described"):
+            worker.collect(worker.submit([b.begin(0x40, TS, 10), b.insert(999, ["1"])]))
+    finally:
+        worker.close()
