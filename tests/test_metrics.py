@@ -91,6 +91,8 @@ async def test_guide_metrics_on_a_running_pipeline(
                 and m.value("heliosdb_cdc_events_filtered_total", stream=stream) == 1
                 and m.value("heliosdb_event_queue_size", stream=stream, queue_type="memory") == 0
                 and m.value("heliosdb_event_queue_size", stream=stream, queue_type="overflow") == 0
+                # the first checkpoint has run (it creates the position gauges)
+                and m.value("heliosdb_cdc_last_checkpoint_timestamp_seconds", stream=stream) is not None
             )
             return m if done else None
 
