@@ -25,7 +25,13 @@ from heliosdb_cdc._embedded import free_port
 STREAM = "bench_null"
 
 
-def make_config(dsn: str, state_dir: str, webhook_url: str | None = None, batch_size: int = 1) -> Config:
+def make_config(
+    dsn: str,
+    state_dir: str,
+    webhook_url: str | None = None,
+    batch_size: int = 1,
+    decode_worker: bool = False,
+) -> Config:
     """The null-sink stream; with ``webhook_url`` a webhook stream of the same name instead."""
     if webhook_url:
         dest: dict[str, Any] = {"type": "webhook", "address": webhook_url}
@@ -35,6 +41,7 @@ def make_config(dsn: str, state_dir: str, webhook_url: str | None = None, batch_
         {
             "state_dir": state_dir,
             "source": {"dsn": dsn, "slot": "bench_null", "publication": "bench_null"},
+            "cdc": {"decode_worker": decode_worker},
             "webhook": {"bind_address": f"127.0.0.1:{free_port()}", "batch_size": batch_size},
             "streams": [
                 {"name": STREAM, "tables": ["bench_events"], "destination": dest, "secret": "bench-secret"}
@@ -75,9 +82,11 @@ def rss_hwm_kb() -> int:
     return vm_hwm_kb(os.getpid())
 
 
-async def serve(dsn: str, state_dir: str, status_file: str, stop: asyncio.Event) -> None:
+async def serve(
+    dsn: str, state_dir: str, status_file: str, stop: asyncio.Event, decode_worker: bool = False
+) -> None:
     counter = Counter()
-    server = WebhookServer(make_config(dsn, state_dir))
+    server = WebhookServer(make_config(dsn, state_dir, decode_worker=decode_worker))
     await server.start(serve_http=False)
     counter.wrap(server.runners[STREAM].sink)
     tmp = status_file + ".tmp"
@@ -105,11 +114,12 @@ async def serve(dsn: str, state_dir: str, status_file: str, stop: asyncio.Event)
 
 def main() -> None:
     dsn, state_dir, status_file = sys.argv[1:4]
+    decode_worker = "--decode-worker" in sys.argv[4:]
 
     async def run() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await serve(dsn, state_dir, status_file, stop)
+        await serve(dsn, state_dir, status_file, stop, decode_worker)
 
     asyncio.run(run())
 

@@ -203,6 +203,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.quick: bool = args.quick
+        self.decode_worker: bool = args.decode_worker
         self.workdir = Path(tempfile.mkdtemp(prefix="heliosdb-bench-"))
         os.chmod(self.workdir, 0o755)
         self.n_bulk = args.changes or (50_000 if self.quick else 200_000)
@@ -377,7 +378,8 @@ class Bench:
             state = self.workdir / f"null-{workload}"
             shutil.rmtree(state, ignore_errors=True)
             proc = spawn(
-                [sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)],
+                [sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)]
+                + (["--decode-worker"] if self.decode_worker else []),
                 self.workdir / "null.log",
             )
             wait_until(
@@ -409,6 +411,7 @@ class Bench:
             "source": {"dsn": self.dsn, "slot": "bench_svc", "publication": "bench_svc"},
             "webhook": {"bind_address": f"127.0.0.1:{port}", **(webhook or {})},
             "logging": {"level": "WARNING"},
+            "cdc": {"decode_worker": self.decode_worker},
         }
         if streams is not None:
             cfg["streams"] = streams
@@ -981,6 +984,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog-changes", type=int, default=0)
     p.add_argument("--json", help="write results here (default bench/results/<time>.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument(
+        "--decode-worker",
+        action="store_true",
+        help="run heliosdb-cdc with cdc.decode_worker: true (decode in a worker process)",
+    )
     p.add_argument(
         "--receiver",
         choices=["raw", "aiohttp"],

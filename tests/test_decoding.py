@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +66,39 @@ def test_worker_skips_what_the_log_holds_and_reports_errors() -> None:
             worker.collect(worker.submit([b.begin(0x40, TS, 10), b.insert(999, ["1"])]))
     finally:
         worker.close()
+
+
+SCRIPT = """
+import sys, time
+from heliosdb_cdc.postgres._decoding import InWorker
+if __name__ == "__main__":
+    w = InWorker("db", 1, 0, {})
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(c) for c in f.read().split())
+    return out
+
+
+def test_worker_exits_when_the_service_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "svc.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        children = _children(proc.pid)
+        assert children, "the worker process was not started"
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs in the parent
+        proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{c}") for c in children):
+        time.sleep(0.1)
+    alive = [c for c in children if os.path.exists(f"/proc/{c}")]
+    assert not alive, f"worker processes {alive} outlived the killed service"

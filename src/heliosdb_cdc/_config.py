@@ -87,8 +87,10 @@ class CdcConfig(_Model):
     checkpoint_interval: int = Field(1000, ge=1)
     batch_size: int = Field(1000, ge=1)
     poll_interval_ms: int = Field(50, ge=1)
-    # decode pgoutput in a worker process (another core, no GIL shared with delivery)
-    decode_worker: bool = True
+    # decode pgoutput in a worker process (another core, no GIL shared with delivery):
+    # faster catch-up for Kafka/batched/memory streams when a core is free; off by default
+    # because it costs latency when the CPUs are saturated (docs/architecture.md)
+    decode_worker: bool = False
     max_log_bytes: int = Field(10 * 1024**3, ge=1024 * 1024)
     segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     memory_queue_events: int = Field(10_000, ge=100)

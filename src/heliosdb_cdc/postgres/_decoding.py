@@ -2,7 +2,7 @@
 
 The capture thread reads raw payloads from the slot; turning them into stored
 records (``ChangeDecoder.feed_records``) is most of capture's CPU time. With
-``cdc.decode_worker: true`` (the default) a separate process does it, so
+``cdc.decode_worker: true`` a separate process does it, so
 decoding runs on another core than the stream runners and does not share their GIL, and
 the capture thread reads the next batch from PostgreSQL while the previous one
 is decoded. The worker holds the decoder's state (relations, open transaction,
@@ -12,6 +12,9 @@ sequence numbers) for one replication session; results come back in order.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -91,8 +94,23 @@ class InThread:
 _WORKER: ChangeDecoder | None = None
 
 
+def _exit_with_parent() -> None:
+    """A pool worker blocks on a queue whose write end it holds itself, so it would outlive
+    a parent killed with SIGKILL: watch the parent and leave with it."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="heliosdb-cdc-parent-watch", daemon=True).start()
+
+
 def _init_worker(database: str, next_seq: int, skip_through_lsn: int, schemas: dict[str, Any]) -> None:
     global _WORKER
+    _exit_with_parent()
     _WORKER = ChangeDecoder(database, next_seq, skip_through_lsn)
     _WORKER.known_schemas = schemas
 
@@ -118,6 +136,9 @@ class InWorker:
             initializer=_init_worker,
             initargs=(database, next_seq, skip_through_lsn, schemas),
         )
+        # start it now (imports take ~0.5 s), before replication starts, so the first
+        # changes of a session do not wait for it
+        self._pool.submit(_decode_in_worker, []).result(timeout=120)
 
     def submit(self, payloads: list[bytes]) -> Future[DecodedBatch]:
         return self._pool.submit(_decode_in_worker, payloads)

@@ -70,7 +70,7 @@ class Capture:
         streaming: bool = False,
         status_interval: float = 10.0,
         reconnect_max_delay: float = 30.0,
-        decode_worker: bool = True,
+        decode_worker: bool = False,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -162,6 +162,7 @@ class Capture:
         # cache has it; after a crash, recovery has cut the log to what is durable
         pos = self.log.written
         schemas = self._load_schemas()
+        # (the worker is started before replication, so "connected" means streaming)
         decoding: Decoding
         if self.decode_worker:
             decoding = InWorker(self.database, self.log.next_seq, pos.commit_lsn, schemas)
@@ -170,10 +171,16 @@ class Capture:
             decoder.relations = self.relations
             decoder.known_schemas = schemas
             decoding = InThread(decoder)
+        try:
+            self._stream(cur, decoding)
+        finally:
+            decoding.close()
+
+    def _stream(self, cur: Any, decoding: Decoding) -> None:
         options = {"proto_version": "1", "publication_names": self.publication}
         if self.streaming:
             options.update(proto_version="2", streaming="on")
-        if conn.server_version >= 140000:
+        if cur.connection.server_version >= 140000:
             options["messages"] = "true"  # snapshot watermarks (pg_logical_emit_message)
         cur.start_replication(
             slot_name=self.slot,
@@ -185,10 +192,7 @@ class Capture:
         if self.status.last_error:
             log.info("capture resumed after: %s", self.status.last_error)
         self.status.last_error = None
-        try:
-            self._loop(cur, decoding)
-        finally:
-            decoding.close()
+        self._loop(cur, decoding)
 
     def _loop(self, cur: Any, decoding: Decoding) -> None:
         """Read payloads; decode them in batches (pipelined with a worker); write each
