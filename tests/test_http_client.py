@@ -182,3 +182,19 @@ async def test_sink_maps_outcomes_and_refuses_header_injection(serve: Serve) -> 
     assert res.outcome is Outcome.RETRY and res.error == "timed out after 0.2s"
     await sink.close()
     await slow.close()
+
+
+async def test_a_cancelled_request_closes_its_connection(serve: Serve) -> None:
+    srv = await serve(lambda _: None)
+    pool = HttpPool(srv.url)
+    task = asyncio.create_task(pool.post(b"", b"{}"))
+    for _ in range(100):
+        if pool._busy:
+            break
+        await asyncio.sleep(0.01)
+    (conn,) = pool._busy
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert conn.transport is not None and conn.transport.is_closing()
+    assert not pool._busy and not pool._idle

@@ -182,6 +182,9 @@ class HttpPool:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep)
         try:
             result = await fut
+        except BaseException:  # failed, timed out or cancelled: this connection is done
+            conn.fail(ConnectionAbortedError("request abandoned"))
+            raise
         finally:
             busy.discard(conn)
         if conn.reusable and len(idle) < self.max_idle:
