@@ -63,13 +63,24 @@ ALL = [
     "null",
     "webhook1",
     "webhook_batch",
+    "webhook10",
     "latency",
     "backlog",
     "kafka",
     "debezium",
     "pgstream",
 ]
-THROUGHPUT = ["raw", "null", "webhook1", "webhook_batch", "kafka", "debezium", "pgstream"]
+THROUGHPUT = [
+    "raw",
+    "null",
+    "webhook1",
+    "webhook_batch",
+    "webhook10",
+    "kafka",
+    "kafka_avro",
+    "debezium",
+    "pgstream",
+]
 SECRET = "bench-secret"
 INSTALL_TIMEOUT = 300
 RECEIVER_IMPL = "raw"
@@ -401,6 +412,7 @@ class Bench:
         url: str,
         webhook: dict[str, Any] | None = None,
         streams: list[dict[str, Any]] | None = None,
+        endpoints: int = 1,
     ) -> tuple[Path, str]:
         port = free_port()
         state = self.workdir / f"svc-{name}"
@@ -416,7 +428,8 @@ class Bench:
         if streams is not None:
             cfg["streams"] = streams
         else:
-            cfg["webhooks"] = [{"url": url, "secret": SECRET, "tables": [wl.TABLE]}]
+            urls = [url] if endpoints == 1 else [f"{url}{i}" for i in range(endpoints)]
+            cfg["webhooks"] = [{"url": u, "secret": SECRET, "tables": [wl.TABLE]} for u in urls]
         path = state / "heliosdb-cdc.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path, f"http://127.0.0.1:{port}"
@@ -445,12 +458,21 @@ class Bench:
         wait_until(healthy, 60, "the service")
         return proc
 
-    def sc_webhook(self, workload: str, batch: int) -> None:
-        name = "webhook1" if batch == 1 else "webhook_batch"
+    def sc_webhook(self, workload: str, batch: int, endpoints: int = 1) -> None:
+        """One event per POST (``batch`` 1) or batched; ``endpoints`` webhooks on the table,
+        each a different URL of the same receiver: every change is delivered that many times,
+        and the rate counts changes delivered to all of them."""
+        name = "webhook_batch" if batch > 1 else ("webhook1" if endpoints == 1 else f"webhook{endpoints}")
         rec = Receiver(self.workdir)
 
+        def progress() -> dict[str, Any]:
+            s = rec.stats()
+            return {**s, "count": s["count"] // endpoints}
+
         def start() -> Any:
-            cfg, api = self.service_config(f"{name}-{workload}", rec.url, {"batch_size": batch})
+            cfg, api = self.service_config(
+                f"{name}-{workload}", rec.url, {"batch_size": batch}, endpoints=endpoints
+            )
             proc = self.start_service(cfg, api)
 
             def extra() -> dict[str, Any]:
@@ -459,13 +481,16 @@ class Bench:
                     "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1),
                 }
 
-            return (lambda: stop(proc)), rec.stats, extra
+            return (lambda: stop(proc)), progress, extra
 
         try:
             m = self.throughput(workload, "bench_svc", start)
         finally:
             rec.close()
-        self.add({"scenario": name, "workload": workload, "batch_size": batch, **m})
+        row = {"scenario": name, "workload": workload, "batch_size": batch, **m}
+        if endpoints > 1:
+            row["note"] = f"{endpoints} endpoints: {endpoints} deliveries per change"
+        self.add(row)
 
     def sc_receiver(self) -> None:
         """Calibration: the receiver's capacity for one-event POSTs (bench/loadgen.py, its own process)."""
@@ -616,41 +641,47 @@ class Bench:
             )
             return
         try:
-            from confluent_kafka.admin import AdminClient, NewTopic
+            from confluent_kafka.admin import AdminClient
 
             admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
-            for workload in workloads:
-                topic = f"bench_{workload}"
-                admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(
-                    30
-                )
-                stream = {
-                    "name": "bench_kafka",
-                    "tables": [wl.TABLE],
-                    "destination": {"type": "kafka", "address": broker.bootstrap, "topic": topic},
-                }
-
-                def start(workload: str = workload, stream: dict[str, Any] = stream) -> Any:
-                    cfg, api = self.service_config(f"kafka-{workload}", "", streams=[stream])
-                    proc = self.start_service(cfg, api)
-                    return (
-                        (lambda: stop(proc)),
-                        KafkaProgress(api, "bench_kafka"),
-                        lambda: {"peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1)},
-                    )
-
-                m = self.throughput(workload, "bench_svc", start)
-                self.add(
-                    {
-                        "scenario": "kafka",
-                        "workload": workload,
-                        "format": "json",
-                        **m,
-                        "note": "acknowledged by the broker; last-ack time polled every 20 ms",
-                    }
-                )
+            for fmt in ("json", "avro"):
+                for workload in workloads:
+                    self._kafka_run(admin, broker.bootstrap, fmt, workload)
         finally:
             broker.stop()
+
+    def _kafka_run(self, admin: Any, bootstrap: str, fmt: str, workload: str) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        scenario = "kafka" if fmt == "json" else f"kafka_{fmt}"
+        topic = f"bench_{fmt}_{workload}"
+        admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
+        stream = {
+            "name": "bench_kafka",
+            "tables": [wl.TABLE],
+            "format": fmt,  # avro without a registry: single-object encoding (docs/avro.md)
+            "destination": {"type": "kafka", "address": bootstrap, "topic": topic},
+        }
+
+        def start() -> Any:
+            cfg, api = self.service_config(f"{scenario}-{workload}", "", streams=[stream])
+            proc = self.start_service(cfg, api)
+            return (
+                (lambda: stop(proc)),
+                KafkaProgress(api, "bench_kafka"),
+                lambda: {"peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1)},
+            )
+
+        m = self.throughput(workload, "bench_svc", start)
+        self.add(
+            {
+                "scenario": scenario,
+                "workload": workload,
+                "format": fmt,
+                **m,
+                "note": "acknowledged by the broker; last-ack time polled every 20 ms",
+            }
+        )
 
     # -- peers -----------------------------------------------------------------------------------------
     def sc_debezium(self, workloads: list[str]) -> None:
@@ -727,6 +758,9 @@ class Bench:
                     elif sc == "webhook_batch":
                         for w in workloads:
                             self.sc_webhook(w, 100)
+                    elif sc == "webhook10":
+                        for w in workloads:
+                            self.sc_webhook(w, 1, endpoints=10)
                     elif sc == "receiver":
                         self.sc_receiver()
                     elif sc == "latency":

@@ -132,7 +132,9 @@ class KafkaBroker:
         props = self.workdir / "server.properties"
         (self.workdir / "log4j.properties").write_text(_LOG4J)
         props.write_text(_server_properties(data, self.port, self.cport))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid(): "-..." reads as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
             capture_output=True,
