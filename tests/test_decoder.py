@@ -315,6 +315,9 @@ def test_encoded_insert_keeps_big_json_integers_and_specials() -> None:
     assert ev["value"]["amount"] == "NaN" and ev["value"]["score"] == "Infinity"
     assert ev["value"]["at"] == "2026-01-04T12:00:00Z"
     assert ev["key"] == {"id": 1} and rec.key == b'{"id":1}'
+    # every digit of a jsonb integer beyond 64 bits (orjson alone would give a float)
+    assert json.loads(rec.body)["value"]["doc"] == {"n": 123456789012345678901234567890}
+    assert b'"doc":{"n":123456789012345678901234567890}' in rec.body
     assert list(ev) == ["event_id", "timestamp", "sequence", "operation", "database", "table",
                         "key", "value", "old_value", "transaction_id"]  # fmt: skip
 

@@ -86,6 +86,17 @@ def test_json_and_jsonb_are_parsed() -> None:
     assert conv(JSONB, doc) == {"a": [1, 2.5, None, "x"], "b": {"c": True}}
     assert conv(JSONB, '"just a string"') == "just a string"
     assert conv(JSONB, "42") == 42
+    # integers beyond 64 bits keep every digit (orjson alone reads them as floats)
+    big = '{"id": 123456789012345678901234567890, "neg": [-18446744073709551617], "f": 1.5}'
+    assert conv(JSONB, big) == {
+        "id": 123456789012345678901234567890,
+        "neg": [-18446744073709551617],
+        "f": 1.5,
+    }
+    assert (
+        encoder_for(JSONB)(big.encode())
+        == b'{"id":123456789012345678901234567890,"neg":[-18446744073709551617],"f":1.5}'
+    )
 
 
 def test_bytea_hex_to_base64() -> None:

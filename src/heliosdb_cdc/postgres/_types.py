@@ -14,7 +14,9 @@ every input both give the same JSON; ``tests/test_types.py`` checks it.
 from __future__ import annotations
 
 import base64
+import json
 import math
+import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -50,8 +52,15 @@ def _to_numeric(s: str) -> Decimal | str:
     return Decimal(s)
 
 
+_LONG_INT = re.compile(r"\d{19}")  # 19+ digits: may not fit in 64 bits
+_LONG_INT_B = re.compile(rb"\d{19}")
+
+
 def _to_json(s: str) -> Any:
-    return orjson.loads(s)
+    if _LONG_INT.search(s) is None:
+        return orjson.loads(s)
+    # orjson reads integers beyond 64 bits as floats (digits lost); the stdlib keeps them
+    return json.loads(s)
 
 
 def _to_bytea(s: str) -> str:
@@ -210,7 +219,9 @@ def _enc_float(b: bytes) -> bytes:
 
 
 def _enc_json(b: bytes) -> bytes:
-    return _dumps(orjson.loads(b))
+    if _LONG_INT_B.search(b) is None:
+        return _dumps(orjson.loads(b))
+    return dumps(json.loads(b))  # > 64-bit integers: exact (see _to_json)
 
 
 def _enc_timestamptz(b: bytes) -> bytes:
