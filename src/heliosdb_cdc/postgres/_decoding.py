@@ -22,8 +22,6 @@ from typing import Any, Protocol
 from .._record import Record
 from ._decoder import ChangeDecoder, TxnEnd
 
-EventTuple = tuple[int, int, int, int, str, bytes, bytes, int]
-
 
 @dataclass(slots=True)
 class DecodedBatch:
