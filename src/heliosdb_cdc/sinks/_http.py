@@ -28,18 +28,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ._ssrf import SsrfGuard, SsrfRefused
+from ._ssrf import SsrfGuard, SsrfRefused, resolve_host
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-async def system_resolve(host: str, port: int) -> list[str]:
-    """Addresses of ``host`` from the system resolver, in its order."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    seen: dict[str, None] = {}
-    for info in infos:
-        seen[str(info[4][0])] = None
-    return list(seen)
 
 
 class _Connection(asyncio.Protocol):
@@ -131,7 +122,7 @@ class HttpPool:
         ssrf_guard: SsrfGuard | None = None,
         user_agent: str = "heliosdb-cdc",
         max_idle: int = 1000,
-        resolver: Resolver = system_resolve,
+        resolver: Resolver = resolve_host,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -60,6 +60,12 @@ PRIVATE: tuple[IPNetwork, ...] = tuple(
 )
 
 
+async def resolve_host(host: str, port: int) -> list[str]:
+    """Addresses of ``host`` from the system resolver, in its order, each once."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 class SsrfRefused(OSError):
     """A destination address the SSRF policy does not allow."""
 
@@ -132,12 +138,10 @@ class SsrfGuard:
         if literal is not None:
             self.check_address(host)
             return [host]
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addrs = sorted(await resolve_host(host, port))
         except socket.gaierror as exc:
             raise SsrfRefused(f"webhook destination {host!r} does not resolve: {exc}") from None
-        addrs = sorted({str(info[4][0]) for info in infos})
         for a in addrs:
             self.check_address(a, host)
         return addrs
