@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 
 from heliosdb_cdc.sinks._base import OutboundEvent, Outcome
 from heliosdb_cdc.sinks._http import HttpPool
-from heliosdb_cdc.sinks._webhook import WebhookSink
+from heliosdb_cdc.sinks._webhook import WebhookSink, retry_after_seconds
 
 Reply = Callable[[bytes], bytes | None]  # request bytes -> raw response (None: say nothing)
 
@@ -113,6 +115,41 @@ async def test_status_and_retry_after(serve: Serve, response: bytes) -> None:
     assert await pool.post(b"", b"{}") == (503, "7")
     assert srv.connections == 1
     pool.close()
+
+
+NOW = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("-3", 0.0),
+        ("Wed, 21 Oct 2015 07:29:30 GMT", 90.0),  # IMF-fixdate, 90 s ahead
+        ("Wednesday, 21-Oct-15 07:28:10 GMT", 10.0),  # obsolete RFC 850 form
+        ("Wed Oct 21 07:28:05 2015", 5.0),  # obsolete asctime form (GMT)
+        ("Wed, 21 Oct 2015 07:00:00 GMT", 0.0),  # in the past: retry now
+        ("soon", None),
+        ("Wed, 99 Oct 2015 07:28:00 GMT", None),
+        ("nan", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_seconds_and_http_dates(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header, now=NOW) == seconds
+
+
+async def test_sink_honours_a_retry_after_date(serve: Serve) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
+    head = f"HTTP/1.1 503 Busy\r\nRetry-After: {when}\r\nContent-Length: 0\r\n\r\n"
+    srv = await serve(lambda _: head.encode())
+    sink = WebhookSink(srv.url, ["s"])
+    res = (await sink.send([OutboundEvent("evt_1", 1, "t", "INSERT", b"{}", b"{}", "")]))[0]
+    assert res.outcome is Outcome.RETRY and res.status == 503
+    assert res.retry_after is not None and 3000 < res.retry_after <= 3600
+    await sink.close()
 
 
 async def test_response_ended_by_close_and_connection_close(serve: Serve) -> None:

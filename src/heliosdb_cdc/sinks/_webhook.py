@@ -18,8 +18,10 @@ to dead letters.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import hmac
+import math
 import ssl
 import time
 from collections.abc import Sequence
@@ -63,13 +65,27 @@ def _encode_headers(headers: dict[str, str]) -> bytes:
     return text.encode()
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait: delay-seconds (``120``) or an
+    HTTP date (``Wed, 21 Oct 2015 07:28:00 GMT``, RFC 9110 10.2.3); a date in the past
+    is 0. None when absent or unreadable. The caller caps it (``retry.max_delay_ms``)."""
     if not value:
         return None
+    value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    if when.tzinfo is None:  # RFC 850 / asctime forms carry no zone; HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
 
 
 class WebhookSink:
@@ -193,7 +209,7 @@ class WebhookSink:
             return SinkResult(Outcome.RETRY, f"TLS error: {exc}")
         except OSError as exc:
             return SinkResult(Outcome.RETRY, f"connection error: {exc}")
-        retry_after = _retry_after(retry_header)
+        retry_after = retry_after_seconds(retry_header)
         if 200 <= status < 300:
             return DELIVERED
         if status >= 500 or status in RETRYABLE_4XX:
