@@ -210,6 +210,54 @@ def test_private_ranges_policy() -> None:
     assert "webhook_allowed_cidrs" in (listed.reason("8.8.8.8") or "")
 
 
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "64:ff9b::a9fe:a9fe",  # NAT64 (RFC 6052 well-known prefix) of 169.254.169.254
+        "64:ff9b::169.254.169.254",
+        "::a9fe:a9fe",  # IPv4-compatible
+        "::169.254.169.254",
+        "::ffff:0:a9fe:a9fe",  # IPv4-translated
+        "2002:a9fe:a9fe::1",  # 6to4
+        "2001:0:a9fe:a9fe::1",  # Teredo, server field
+        "2001:0:4136:e378:8000:63bf:5601:5601",  # Teredo, client field (obfuscated)
+        "64:ff9b:1::a9fe:a9fe",  # local-use NAT64, /96 layout
+        "64:ff9b:1:a9fe:a9:fe00::",  # local-use NAT64, /48 layout
+        "64:ff9b:1:0:a9:fea9:fe00:0",  # local-use NAT64, /64 layout
+        "64:ff9b::6464:64c8",  # Alibaba metadata 100.100.100.200 through NAT64
+    ],
+)
+def test_ipv6_forms_embedding_a_metadata_address_are_refused(addr: str) -> None:
+    for guard in (SsrfGuard(), SsrfGuard(allowed_cidrs=["0.0.0.0/0", "::/0"])):
+        with pytest.raises(SsrfRefused, match=r"embeds 169\.254\.169\.254|embeds 100\.100\.100\.200"):
+            guard.check_address(addr)
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["64:ff9b::a00:1", "2002:a00:1::1", "::127.0.0.1", "::ffff:127.0.0.1", "::ffff:0:a00:1",
+     "2001:0:a00:1::f7f7:f7f7", "64:ff9b::c0a8:101", "64:ff9b:1::808:808"],
+)  # fmt: skip
+def test_ipv6_forms_embedding_a_private_address_follow_block_private(addr: str) -> None:
+    assert SsrfGuard().reason(addr) is None
+    assert "block_private_networks" in (SsrfGuard(block_private=True).reason(addr) or "")
+
+
+def test_ipv6_forms_embedding_public_addresses_pass() -> None:
+    blocking = SsrfGuard(block_private=True)
+    for a in ("64:ff9b::808:808", "2002:808:808::1", "2606:4700:4700::1111", "::1.1.1.1"):
+        assert blocking.reason(a) is None, a
+    # the allow-list takes an IPv4 range for the IPv4 address a NAT64 name resolves to
+    listed = SsrfGuard(allowed_cidrs=["203.0.113.0/24"])
+    assert listed.reason("64:ff9b::cb00:7105") is None
+    assert "webhook_allowed_cidrs" in (listed.reason("64:ff9b::cb00:8105") or "")
+
+
+async def test_registration_refuses_an_embedded_metadata_literal() -> None:
+    with pytest.raises(ConfigError, match=r"embeds 169\.254\.169\.254"):
+        await validate_webhook_stream(stream("http://[64:ff9b::a9fe:a9fe]/h"), Config())
+
+
 def stream(url: str, **options: Any) -> StreamConfig:
     return StreamConfig.model_validate(
         {

@@ -16,6 +16,13 @@ Policy (``security`` section of the configuration):
   allowed by default, refused with ``block_private_networks: true``;
 * ``webhook_allowed_cidrs``: when set, every address must be inside one of them
   (the always-refused list still wins).
+
+IPv6 addresses that carry an IPv4 address are judged by that IPv4 address too (the
+stricter verdict wins): IPv4-mapped ``::ffff:0:0/96``, IPv4-translated
+``::ffff:0:0:0/96``, IPv4-compatible ``::/96`` (but ``::`` and ``::1``), NAT64
+``64:ff9b::/96`` and local-use ``64:ff9b:1::/48`` (every RFC 6052 layout), 6to4
+``2002::/16`` and Teredo ``2001::/32`` (server and client). ``64:ff9b:1::/48`` is
+not routable on the internet, so it is also private.
 """
 
 from __future__ import annotations
@@ -56,8 +63,14 @@ PRIVATE: tuple[IPNetwork, ...] = tuple(
         "127.0.0.0/8",
         "::1/128",
         "fc00::/7",  # unique local
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
     )
 )
+
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+_V4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
@@ -83,8 +96,52 @@ def _normalize(addr: IPAddress) -> IPAddress:
     return addr
 
 
+def _rfc6052(value: int, prefix_len: int) -> ipaddress.IPv4Address | None:
+    """The IPv4 address of an RFC 6052 address with a ``prefix_len`` prefix, or None when
+    the address cannot have that layout (bits 64-71 or the suffix not zero)."""
+    octets = value.to_bytes(16, "big")
+    if prefix_len == 96:
+        return ipaddress.IPv4Address(octets[12:])
+    at = [i for i in range(prefix_len // 8, 16) if i != 8]
+    v4, suffix = at[:4], at[4:]
+    if octets[8] or any(octets[i] for i in suffix):
+        return None
+    return ipaddress.IPv4Address(bytes(octets[i] for i in v4))
+
+
+def embedded_ipv4(addr: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, translated, compatible,
+    NAT64, 6to4, Teredo), each of which it may reach; empty for other addresses."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return []
+    value = int(addr)
+    out: list[ipaddress.IPv4Address] = []
+    if addr.ipv4_mapped is not None:
+        out.append(addr.ipv4_mapped)
+    if addr in _V4_TRANSLATED or addr in _NAT64 or (addr in _V4_COMPATIBLE and value > 1):
+        out.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if addr in _NAT64_LOCAL:
+        # the operator picks the prefix length, so every layout the address can have
+        # counts; 0.0.0.0 only shows that a layout is not the one in use
+        guesses = (_rfc6052(value, n) for n in (48, 56, 64, 96))
+        out.extend(g for g in guesses if g is not None and int(g) != 0)
+    if addr.sixtofour is not None:
+        out.append(addr.sixtofour)
+    if addr.teredo is not None:
+        out.extend(addr.teredo)
+    return list(dict.fromkeys(out))
+
+
 def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(v.strip(), strict=False) for v in values)
+
+
+def _inside(addr: IPAddress, nets: Iterable[IPNetwork]) -> IPNetwork | None:
+    return next((n for n in nets if addr.version == n.version and addr in n), None)
+
+
+def _show(addr: IPAddress, reached: IPAddress) -> str:
+    return str(addr) if addr == reached else f"{addr} (which embeds {reached})"
 
 
 class SsrfGuard:
@@ -107,15 +164,23 @@ class SsrfGuard:
             addr = _normalize(ipaddress.ip_address(address.split("%", 1)[0]))
         except ValueError:
             return f"{address!r} is not an IP address"
-        for net in ALWAYS_BLOCKED:
-            if addr.version == net.version and addr in net:
-                return f"{addr} is a link-local, metadata or reserved address ({net}), always refused"
+        inner = embedded_ipv4(addr)
+        for a in (addr, *inner):
+            net = _inside(a, ALWAYS_BLOCKED)
+            if net is not None:
+                what = "a link-local, metadata or reserved address"
+                return f"{_show(addr, a)} is {what} ({net}), always refused"
         if self.allowed:
-            if not any(addr.version == n.version and addr in n for n in self.allowed):
+            if not any(_inside(a, self.allowed) for a in (addr, *inner)):
                 return f"{addr} is outside security.webhook_allowed_cidrs"
             return None
-        if self.block_private and any(addr.version == n.version and addr in n for n in PRIVATE):
-            return f"{addr} is a private or loopback address and security.block_private_networks is on"
+        if self.block_private:
+            for a in (addr, *inner):
+                if _inside(a, PRIVATE) is not None:
+                    return (
+                        f"{_show(addr, a)} is a private or loopback address and "
+                        "security.block_private_networks is on"
+                    )
         return None
 
     def check_address(self, address: str, host: str | None = None) -> None:
