@@ -193,7 +193,7 @@ def test_operations_and_streams() -> None:
     assert "duplicate stream names" in str(e)
     e = error({"streams": [{"name": "k", "tables": [], "destination": {"type": "kafka", "address": "x"}}]})
     assert "needs a topic" in str(e)
-    assert e.context["key_path"] == "streams[0].destination"
+    assert e.context["key_path"] == "streams[0].destination.topic"
 
 
 def test_load_config_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,10 @@ GUIDE_NAMES = [
     "CdcEvent",
     "OperationType",
     "CircuitState",
+    "CircuitBreaker",
+    "EventFilter",
+    "create_mtls_client",
+    "verify_signature",
 ]
 
 

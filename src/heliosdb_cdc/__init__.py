@@ -4,6 +4,8 @@ exactly once, to webhooks, Kafka and Kinesis.
 The public API mirrors the user guide's Rust API with Python conventions.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._config import (
     CdcConfig,
     CircuitBreakerConfig,
@@ -35,6 +37,21 @@ from ._errors import (
 from ._event import CdcEvent, OperationType
 from ._service import ExactlyOnce, WebhookServer
 from .delivery._circuit import CircuitBreaker, CircuitBreakerRegistry, CircuitState
+from .receiver import verify_signature
+from .sinks._tls import create_mtls_client
+
+if TYPE_CHECKING:
+    from .pipeline import EventFilter
+
+
+def __getattr__(name: str) -> Any:
+    # the pipeline (SQL predicates, Jinja2 templates) is imported on first use
+    if name == "EventFilter":
+        from .pipeline import EventFilter
+
+        return EventFilter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -51,6 +68,7 @@ __all__ = [
     "DecodeError",
     "DeliveryError",
     "Destination",
+    "EventFilter",
     "ExactlyOnce",
     "ExactlyOnceConfig",
     "FilterConfig",
@@ -70,5 +88,7 @@ __all__ = [
     "WebhookServer",
     "__version__",
     "config_from_dict",
+    "create_mtls_client",
     "load_config",
+    "verify_signature",
 ]

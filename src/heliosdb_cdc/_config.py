@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,8 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from ._config_errors import AtKey, problems
 from ._errors import ConfigError
 from ._event import OperationType
+from ._yaml import load_yaml
 
 
 def _parse_ops(v: Any) -> Any:
@@ -40,18 +41,23 @@ def _parse_ops(v: Any) -> Any:
 
 OperationList = Annotated[list[OperationType], BeforeValidator(_parse_ops)]
 
+# upper bounds of durations (every numeric setting has one: docs/configuration.md)
+DAY_SECS = 86_400
+DAY_MS = DAY_SECS * 1000
+YEAR_SECS = 365 * DAY_SECS
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class RetryConfig(_Model):
     """Exponential backoff: attempt 1 immediate, then initial_delay_ms * multiplier**n (+ jitter)."""
 
     max_attempts: int = Field(3, ge=1, le=1_000_000)
-    initial_delay_ms: int = Field(100, ge=0)
-    max_delay_ms: int = Field(30000, ge=0)
-    multiplier: float = Field(2.0, ge=1.0)
+    initial_delay_ms: int = Field(100, ge=0, le=DAY_MS)
+    max_delay_ms: int = Field(30000, ge=0, le=DAY_MS)
+    multiplier: float = Field(2.0, ge=1.0, le=100.0)
     jitter: bool = True
 
     def delay_ms(self, attempt: int) -> float:
@@ -62,16 +68,16 @@ class RetryConfig(_Model):
 
 
 class CircuitBreakerConfig(_Model):
-    failure_threshold: int = Field(5, ge=1)
-    success_threshold: int = Field(2, ge=1)
-    timeout_secs: float = Field(60, gt=0)
-    half_open_max_calls: int = Field(3, ge=1)
+    failure_threshold: int = Field(5, ge=1, le=1_000_000)
+    success_threshold: int = Field(2, ge=1, le=1_000_000)
+    timeout_secs: float = Field(60, gt=0, le=DAY_SECS)
+    half_open_max_calls: int = Field(3, ge=1, le=10_000)
 
 
 class ExactlyOnceConfig(_Model):
     enabled: bool = True
-    window_secs: int = Field(86400, ge=1, description="how long a delivery is remembered")
-    retention_secs: int | None = Field(None, ge=1, description="defaults to window_secs")
+    window_secs: int = Field(86400, ge=1, le=YEAR_SECS, description="how long a delivery is remembered")
+    retention_secs: int | None = Field(None, ge=1, le=YEAR_SECS, description="defaults to window_secs")
 
 
 class CdcConfig(_Model):
@@ -84,26 +90,26 @@ class CdcConfig(_Model):
     """
 
     wal_path: str | None = None
-    checkpoint_interval: int = Field(1000, ge=1)
-    batch_size: int = Field(1000, ge=1)
-    poll_interval_ms: int = Field(50, ge=1)
+    checkpoint_interval: int = Field(1000, ge=1, le=1_000_000)
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    poll_interval_ms: int = Field(50, ge=1, le=60_000)
     # decode pgoutput in a worker process (another core, no GIL shared with delivery):
     # faster catch-up for Kafka/batched/memory streams when a core is free; off by default
     # because it costs latency when the CPUs are saturated (docs/architecture.md)
     decode_worker: bool = False
-    max_log_bytes: int = Field(10 * 1024**3, ge=1024 * 1024)
-    segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
-    memory_queue_events: int = Field(10_000, ge=100)
+    max_log_bytes: int = Field(10 * 1024**3, ge=1024 * 1024, le=1024**5)
+    segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, le=1024**3)
+    memory_queue_events: int = Field(10_000, ge=100, le=1_000_000)
     snapshot_chunk_size: int = Field(1000, ge=1, le=100_000)
 
 
 class WebhookConfig(_Model):
     bind_address: str = "127.0.0.1:8080"
-    worker_pool_size: int = Field(100, ge=1)
-    max_concurrent_requests: int = Field(1000, ge=1)
-    timeout_secs: float = Field(30, gt=0)
+    worker_pool_size: int = Field(100, ge=1, le=10_000)
+    max_concurrent_requests: int = Field(1000, ge=1, le=100_000)
+    timeout_secs: float = Field(30, gt=0, le=3600)
     batch_size: int = Field(1, ge=1, le=10000, description="events per POST; >1 sends a JSON array")
-    max_payload_bytes: int = Field(1024 * 1024, ge=1024)
+    max_payload_bytes: int = Field(1024 * 1024, ge=1024, le=1024**3)
     # "heliosdb": X-HeliosDB-Signature: sha256=<hex>; "standard": Standard Webhooks (docs/security.md)
     signature_scheme: Literal["heliosdb", "standard"] = "heliosdb"
     retry: RetryConfig = RetryConfig()
@@ -170,11 +176,14 @@ class Destination(_Model):
     @model_validator(mode="after")
     def _check(self) -> Destination:
         if self.type == "webhook":
-            _check_url(self.address)
+            try:
+                _check_url(self.address)
+            except ValueError as exc:
+                raise AtKey(str(exc), "address") from None
         if self.type == "kafka" and not self.topic:
-            raise ValueError("a kafka destination needs a topic")
+            raise AtKey("a kafka destination needs a topic", "topic")
         if self.type == "kinesis" and not self.region:
-            raise ValueError("a kinesis destination needs a region")
+            raise AtKey("a kinesis destination needs a region", "region")
         return self
 
 
@@ -196,7 +205,7 @@ class StreamConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> StreamConfig:
         if self.format == "avro" and self.destination.type == "webhook":
-            raise ValueError("FORMAT AVRO is for Kafka and Kinesis; webhooks receive JSON")
+            raise AtKey("FORMAT AVRO is for Kafka and Kinesis; webhooks receive JSON", "format")
         return self
 
 
@@ -206,8 +215,8 @@ class SourceConfig(_Model):
     publication: str = "heliosdb_cdc"
     tables: list[str] = Field(default_factory=list)
     streaming: bool = False
-    status_interval_secs: float = Field(10.0, gt=0)
-    reconnect_max_delay_secs: float = Field(30.0, gt=0)
+    status_interval_secs: float = Field(10.0, gt=0, le=3600)
+    reconnect_max_delay_secs: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("slot", "publication")
     @classmethod
@@ -223,8 +232,8 @@ class DeliveryConfig(_Model):
     # fix: mapped as max_attempts = max_retries + 1 with model_copy (no validation),
     # so it must respect RetryConfig.max_attempts <= 1_000_000 here
     max_retries: int | None = Field(None, ge=0, le=999_999)
-    initial_retry_delay_ms: int | None = Field(None, ge=0)
-    max_retry_delay_ms: int | None = Field(None, ge=0)
+    initial_retry_delay_ms: int | None = Field(None, ge=0, le=DAY_MS)
+    max_retry_delay_ms: int | None = Field(None, ge=0, le=DAY_MS)
 
 
 class TlsConfig(_Model):
@@ -254,7 +263,7 @@ class SecurityConfig(_Model):
     admin_token: SecretStr | None = None
     read_only_token: SecretStr | None = None
     metrics_public: bool = False
-    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(1024 * 1024, ge=1024, le=1024**3)
     block_private_networks: bool = False
     webhook_allowed_cidrs: list[str] = Field(default_factory=list)
     outbound_ca_path: str | None = None
@@ -286,9 +295,20 @@ class Config(_Model):
     delivery: DeliveryConfig = DeliveryConfig()
     security: SecurityConfig = SecurityConfig()
     logging: LoggingConfig = LoggingConfig()
+    # the guide's top-level ``circuit_breaker:`` block, the same as webhook.circuit_breaker
+    circuit_breaker: CircuitBreakerConfig | None = None
 
     @model_validator(mode="after")
     def _apply_delivery(self) -> Config:
+        cb = self.circuit_breaker
+        if cb is not None and cb != self.webhook.circuit_breaker:
+            if "circuit_breaker" in self.webhook.model_fields_set:
+                raise AtKey(
+                    "given both at the top level and as webhook.circuit_breaker, with different "
+                    "values; keep one",
+                    "circuit_breaker",
+                )
+            object.__setattr__(self, "webhook", self.webhook.model_copy(update={"circuit_breaker": cb}))
         d = self.delivery
         updates: dict[str, Any] = {}
         if d.max_retries is not None:
@@ -301,9 +321,11 @@ class Config(_Model):
             retry = self.webhook.retry.model_copy(update=updates)
             object.__setattr__(self, "webhook", self.webhook.model_copy(update={"retry": retry}))
         names = [s.name for s in self.streams]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate stream names: {sorted(dup)}")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                first = names.index(name)
+                message = f"duplicate stream names: {name!r} is also streams[{first}]"
+                raise AtKey(message, "streams", i, "name")
         return self
 
     @property
@@ -340,16 +362,6 @@ def _expand(node: Any, path: str) -> Any:
     return node
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate a config mapping; errors name the key path and what is wrong."""
     if not isinstance(data, dict):
@@ -365,17 +377,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            path = _key_path(tuple(err["loc"])) or "(top level)"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"{path}: {msg}")
-        raise ConfigError(
-            "invalid configuration:\n  " + "\n  ".join(lines),
-            key_path=_key_path(tuple(exc.errors()[0]["loc"])),
-        ) from None
+        found = problems(exc, Config, data)
+        lines = [f"{path or '(top level)'}: {msg}" for path, msg in found]
+        err = ConfigError("invalid configuration:\n  " + "\n  ".join(lines), key_path=found[0][0])
+        err.problems = found
+        raise err from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -385,9 +391,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file: {exc.strerror}", path=str(p)) from None
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path=str(p)) from None
-    return config_from_dict(data)
+        data = load_yaml(text)  # duplicate keys and alias bombs refused (_yaml.py)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=str(p)) from None
+    return config_from_dict({} if data is None else data)

@@ -33,7 +33,10 @@ def _rebuild(cls: type[CdcError], message: str, context: dict[str, Any]) -> CdcE
 
 
 class ConfigError(CdcError):
-    """The configuration is invalid; ``key_path`` names the offending key."""
+    """The configuration is invalid; ``key_path`` names the offending key, and
+    ``problems`` lists every ``(key_path, message)`` when there are several."""
+
+    problems: list[tuple[str, str]] = []
 
 
 class SourceError(CdcError):

@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args.config)
         if args.command == "check-config":
             from ._config import load_config
+            from ._preflight import preflight
 
             cfg = load_config(args.config)
+            preflight(cfg)  # what run refuses before it reaches the network
             print(f"{args.config}: OK ({len(cfg.streams)} stream(s), {len(cfg.webhooks)} webhook(s))")
             return 0
         if args.command == "demo":
@@ -97,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(path: str) -> int:
     from ._config import load_config
     from ._logging import setup_logging
+    from ._preflight import preflight
     from ._service import WebhookServer
 
     cfg = load_config(path)
+    preflight(cfg)  # the same checks as check-config, before any connection
     setup_logging(cfg.logging.level, cfg.logging.json_logs)
 
     async def main() -> None:

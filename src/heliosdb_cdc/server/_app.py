@@ -121,7 +121,7 @@ def build_app(service: WebhookServer) -> web.Application:
             data = await request.json(loads=orjson.loads)
             cfg = StreamConfig.model_validate(data)
         except ValidationError as exc:
-            return _error(_validation_message(exc), 422)
+            return _error(_validation_message(exc, StreamConfig, data), 422)
         except ValueError:
             return _error("request body must be a JSON object", 400)
         try:
@@ -186,7 +186,7 @@ def build_app(service: WebhookServer) -> web.Application:
             data = await request.json(loads=orjson.loads)
             reg = WebhookRegistration.model_validate(data)
         except ValidationError as exc:
-            return _error(_validation_message(exc), 422)
+            return _error(_validation_message(exc, WebhookRegistration, data), 422)
         except ValueError:
             return _error("request body must be a JSON object", 400)
         try:
@@ -276,12 +276,11 @@ def _result_dict(r: Any) -> dict[str, Any]:
     return {"columns": r.columns, "rows": r.rows, "message": r.message}
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(body)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+def _validation_message(exc: ValidationError, model: Any, data: Any) -> str:
+    # the configuration file's wording: key paths, "did you mean", plain structure errors
+    from .._config_errors import problems
+
+    return "; ".join(f"{path or '(body)'}: {msg}" for path, msg in problems(exc, model, data))
 
 
 async def start_http(service: WebhookServer) -> web.AppRunner:
