@@ -231,3 +231,147 @@ def test_load_config_validation_error_names_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(p)
     assert exc.value.context["key_path"] == "webhook.retry.max_attempts"
+
+
+# -- YAML: duplicate keys, aliases, nesting --------------------------------------------------------
+
+
+def load_text(tmp_path: Path, text: str) -> Config:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return load_config(p)
+
+
+def test_duplicate_keys_are_refused_with_their_lines(tmp_path: Path) -> None:
+    text = (
+        "security:\n  admin_token: s3cret\nwebhook:\n  timeout_secs: 5\nsecurity:\n  metrics_public: true\n"
+    )
+    with pytest.raises(ConfigError, match=r"duplicate key 'security' at line 5 \(first given at line 1\)"):
+        load_text(tmp_path, text)
+    with pytest.raises(ConfigError, match="duplicate key 'max_attempts' at line 4"):
+        load_text(tmp_path, "webhook:\n  retry:\n    max_attempts: 3\n    max_attempts: 5\n")
+
+
+def test_merge_keys_still_work(tmp_path: Path) -> None:
+    text = (
+        "filters:\n  - &base {name: a, tables: [orders], operations: [INSERT]}\n  - <<: *base\n    name: b\n"
+    )
+    c = load_text(tmp_path, text)
+    assert [(f.name, f.tables) for f in c.filters] == [("a", ["orders"]), ("b", ["orders"])]
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    prev = "a"
+    for name in "bcdefghi":
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+        prev = name
+    with pytest.raises(ConfigError, match="YAML aliases expand the document by more than 10000 values"):
+        load_text(tmp_path, "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="refers to a node that contains it"):
+        load_text(tmp_path, "filters: &f [*f]\n")
+    with pytest.raises(ConfigError, match="nests deeper than 100 levels"):
+        load_text(tmp_path, "a: " + "[" * 150 + "]" * 150 + "\n")
+    with pytest.raises(ConfigError, match="nests deeper than 100 levels"):
+        load_text(tmp_path, "a: " + "[" * 1500 + "\n")
+
+
+# -- bounds ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "bound"),
+    [
+        ({"webhook": {"worker_pool_size": 1_000_000_000}}, "webhook.worker_pool_size", "10000"),
+        ({"webhook": {"max_concurrent_requests": 10**9}}, "webhook.max_concurrent_requests", "100000"),
+        ({"webhook": {"timeout_secs": 10**9}}, "webhook.timeout_secs", "3600"),
+        ({"webhook": {"max_payload_bytes": 10**12}}, "webhook.max_payload_bytes", "1073741824"),
+        ({"webhook": {"retry": {"max_delay_ms": 10**12}}}, "webhook.retry.max_delay_ms", "86400000"),
+        ({"webhook": {"retry": {"multiplier": 1e9}}}, "webhook.retry.multiplier", "100"),
+        ({"webhook": {"retry": {"multiplier": float("inf")}}}, "webhook.retry.multiplier", "finite"),
+        (
+            {"webhook": {"circuit_breaker": {"timeout_secs": 10**9}}},
+            "webhook.circuit_breaker.timeout_secs",
+            "86400",
+        ),
+        (
+            {"webhook": {"exactly_once": {"window_secs": 10**12}}},
+            "webhook.exactly_once.window_secs",
+            "31536000",
+        ),
+        ({"cdc": {"batch_size": 10**9}}, "cdc.batch_size", "100000"),
+        ({"cdc": {"memory_queue_events": 10**9}}, "cdc.memory_queue_events", "1000000"),
+        ({"cdc": {"segment_bytes": 10**12}}, "cdc.segment_bytes", "1073741824"),
+        ({"cdc": {"poll_interval_ms": 10**9}}, "cdc.poll_interval_ms", "60000"),
+        ({"source": {"status_interval_secs": 10**9}}, "source.status_interval_secs", "3600"),
+        ({"delivery": {"max_retry_delay_ms": 10**12}}, "delivery.max_retry_delay_ms", "86400000"),
+        ({"security": {"max_request_bytes": 10**12}}, "security.max_request_bytes", "1073741824"),
+        ({"circuit_breaker": {"failure_threshold": 10**9}}, "circuit_breaker.failure_threshold", "1000000"),
+    ],
+)
+def test_every_size_is_bounded_and_the_error_says_the_bound(data: dict, path: str, bound: str) -> None:
+    e = error(data)
+    assert e.context["key_path"] == path
+    assert f"{path}: " in str(e) and bound in str(e)
+
+
+# -- error messages ------------------------------------------------------------------------------------
+
+
+def test_every_error_has_its_own_key_path_in_file_order() -> None:
+    e = error({"webhook": {"retry": {"max_atempts": 3}}, "cdc": {"batch_size": -1}, "sorce": {}})
+    assert e.problems == [
+        ("webhook.retry.max_atempts", "unknown key; did you mean 'max_attempts'?"),
+        ("cdc.batch_size", "Input should be greater than or equal to 1"),
+        ("sorce", "unknown key; did you mean 'source'?"),
+    ]
+    assert e.context["key_path"] == "webhook.retry.max_atempts"
+    assert (
+        str(e).index("webhook.retry.max_atempts:") < str(e).index("cdc.batch_size:") < str(e).index("sorce:")
+    )
+
+
+def test_unknown_keys_suggest_or_list_what_is_allowed() -> None:
+    assert "did you mean 'bind_address'?" in str(error({"webhook": {"bind_adress": "x"}}))
+    assert "did you mean 'cert_path'?" in str(error({"security": {"tls": {"cert": "x"}}}))
+    assert "did you mean 'predicate'?" in str(error({"filters": [{"predicat": "a > 1"}]}))
+    e = error({"logging": {"zzz": 1}})
+    assert "logging.zzz: unknown key; allowed here: json, level" in str(e)
+
+
+def test_structure_errors_in_plain_words() -> None:
+    e = error({"webhook": [{"url": "https://a.example/h"}]})
+    assert e.problems == [
+        ("webhook", "expected a mapping ('key: value' lines), got a list; did you mean 'webhooks:'?")
+    ]
+    e = error({"webhooks": {"url": "https://a.example/h"}})
+    assert e.problems == [
+        ("webhooks", "expected a list ('- item' lines), got a mapping; did you mean 'webhook:'?")
+    ]
+    e = error({"streams": [{"name": "a", "tables": "t"}]})
+    assert e.problems == [
+        ("streams[0].tables", "expected a list ('- item' lines), got text"),
+        ("streams[0].destination", "required key is missing"),
+    ]
+    assert "Value error" not in str(error({"webhooks": [{"url": "ftp://x"}]}))
+
+
+def test_model_level_errors_point_at_the_key() -> None:
+    mem = {"type": "memory", "address": "m"}
+    e = error({"streams": [{"name": "a", "tables": [], "destination": mem}] * 2})
+    assert e.problems == [("streams[1].name", "duplicate stream names: 'a' is also streams[0]")]
+    e = error({"streams": [{"name": "w", "tables": [], "destination": {"type": "webhook", "address": "x"}}]})
+    assert e.context["key_path"] == "streams[0].destination.address"
+    e = error(
+        {
+            "streams": [
+                {
+                    "name": "w",
+                    "tables": [],
+                    "format": "avro",
+                    "destination": {"type": "webhook", "address": "https://h.example/"},
+                }
+            ]
+        }
+    )
+    assert e.context["key_path"] == "streams[0].format"
