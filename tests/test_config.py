@@ -309,7 +309,9 @@ def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
         ({"circuit_breaker": {"failure_threshold": 10**9}}, "circuit_breaker.failure_threshold", "1000000"),
     ],
 )
-def test_every_size_is_bounded_and_the_error_says_the_bound(data: dict, path: str, bound: str) -> None:
+def test_every_size_is_bounded_and_the_error_says_the_bound(
+    data: dict[str, object], path: str, bound: str
+) -> None:
     e = error(data)
     assert e.context["key_path"] == path
     assert f"{path}: " in str(e) and bound in str(e)

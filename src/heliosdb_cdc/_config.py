@@ -1,7 +1,7 @@
 """Typed, immutable configuration mirroring the guide's structs.
 
 YAML keys: ``state_dir``, ``source``, ``cdc`` (CdcConfig), ``webhook``
-(WebhookConfig), ``webhooks`` (registrations), ``streams``, ``filters``,
+(WebhookConfig), ``webhooks`` (registrations), ``streams``, ``filters``, ``circuit_breaker``,
 ``transformations``, ``delivery``, ``security``, ``logging``. Strings may use
 ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); ``HELIOSDB_CDC_DSN`` fills
 ``source.dsn``. Secrets are :class:`pydantic.SecretStr` and print as ``**********``.
