@@ -44,7 +44,7 @@ class _MarkDuringSend:
 
     async def put_records(self, **kw: Any) -> dict[str, Any]:
         self.calls += 1
-        resp = await self.inner.put_records(**kw)
+        resp: dict[str, Any] = await self.inner.put_records(**kw)
         if self.calls == self.call:
             self.mark = self.sink_ref[0].resume_mark(self.cursor)
         return resp
