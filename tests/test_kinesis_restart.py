@@ -207,3 +207,16 @@ async def test_unreachable_endpoint_during_recovery_is_a_sink_error() -> None:
     with pytest.raises(SinkError, match="after a restart"):
         await asyncio.wait_for(sink.recover('{"v": 1, "t": 0, "shards": {}}', horizon=0), 30)
     await sink.close()
+
+
+def test_mark_is_stored_with_the_checkpoint_and_dropped_with_the_stream(tmp_path: Any) -> None:
+    from heliosdb_cdc.store import Store, sink_mark_key
+
+    store = Store(tmp_path)
+    store.create_stream("k", {"name": "k"}, "sql", "running")
+    store.checkpoint("k", 7, [], {sink_mark_key("k"): '{"v": 1}'})
+    assert store.get_cursor("k") == 7
+    assert store.get_meta(sink_mark_key("k")) == '{"v": 1}'
+    store.drop_stream("k")
+    assert store.get_meta(sink_mark_key("k")) is None
+    store.close()
