@@ -41,7 +41,7 @@ from .._metrics import (
     STREAM_CURSOR,
 )
 from ..sinks._base import OutboundEvent, Outcome, Sink, SinkResult
-from ..store import Store
+from ..store import Store, sink_mark_key
 from ._circuit import CircuitBreaker
 from ._locallog import OP_CODES, OP_WATERMARK, LocalLog, Record
 from ._snapshot import Chunk
@@ -232,6 +232,15 @@ class StreamRunner:
                             seq,
                         )
                         self.cursor = self._saved_cursor = self._last_read = seq
+                recover = getattr(self.sink, "recover", None)
+                if recover is not None:  # Kinesis: find what the last run put after its checkpoint
+                    key = sink_mark_key(self.name)
+                    await recover(await asyncio.to_thread(self.store.get_meta, key), self.log.last_seq)
+                    # a mark from the start on: a crash in the first send finds its records too
+                    mark = self.sink.resume_mark(self.cursor)  # type: ignore[attr-defined]
+                    if mark is not None:
+                        meta = {key: mark}
+                        await asyncio.to_thread(self.store.checkpoint, self.name, self.cursor, (), meta)
                 if self.record_deliveries:
                     self._skip_ids = await asyncio.to_thread(
                         self.store.delivered_after, self.endpoint, self.cursor
@@ -589,7 +598,12 @@ class StreamRunner:
         if cursor <= self._saved_cursor and not self._delivered_buf:
             return
         buf, self._delivered_buf = self._delivered_buf, []
-        await asyncio.to_thread(self.store.checkpoint, self.name, max(cursor, self._saved_cursor), buf)
+        cursor = max(cursor, self._saved_cursor)
+        # read with the cursor, before any await: the sink's mark matches this cursor
+        mark_for = getattr(self.sink, "resume_mark", None)
+        mark = mark_for(cursor) if mark_for is not None else None
+        meta = {sink_mark_key(self.name): mark} if mark is not None else None
+        await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
         self._saved_cursor = max(cursor, self._saved_cursor)
         STREAM_CURSOR.labels(self.name).set(self._saved_cursor)
         CHECKPOINT_TIME.labels(self.name).set(time.time())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,11 @@ _MIGRATIONS: dict[int, list[str]] = {
         )""",
     ],
 }
+
+
+def sink_mark_key(stream: str) -> str:
+    """Meta key of a stream's sink resume mark (Kinesis: where to read after a restart)."""
+    return f"sink_mark:{stream}"
 
 
 class Store:
@@ -204,6 +209,7 @@ class Store:
                     raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
                 self._db.execute("DELETE FROM cursors WHERE stream=?", (name,))
                 self._db.execute("DELETE FROM snapshots WHERE stream=?", (name,))
+                self._db.execute("DELETE FROM meta WHERE key=?", (sink_mark_key(name),))
                 self._db.execute("COMMIT")
             except StreamNotFound:
                 raise
@@ -224,8 +230,10 @@ class Store:
         stream: str,
         seq: int,
         deliveries: Iterable[tuple[str, str, int, float]] = (),
+        meta: Mapping[str, str] | None = None,
     ) -> None:
-        """One transaction: the stream's cursor plus a batch of (endpoint, event_id, seq, time)."""
+        """One transaction: the stream's cursor plus a batch of (endpoint, event_id, seq, time),
+        and ``meta`` values that go with the cursor (a sink's resume mark)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN")
@@ -240,6 +248,8 @@ class Store:
                     "updated_at=excluded.updated_at",
                     (stream, seq, time.time()),
                 )
+                if meta:
+                    self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", meta.items())
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
@@ -247,6 +257,10 @@ class Store:
                 except sqlite3.Error:
                     pass
                 raise StateError(f"cannot write a checkpoint: {exc}", stream=stream) from exc
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def delivered_after(self, endpoint: str, seq: int) -> set[str]:
         rows = self._exec(
