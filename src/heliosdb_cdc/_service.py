@@ -28,7 +28,15 @@ from ._config import (
     WebhookRegistration,
     load_config,
 )
-from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
+from ._errors import (
+    CdcError,
+    ConfigError,
+    SourceError,
+    SourceFatalError,
+    SqlError,
+    StreamExists,
+    StreamNotFound,
+)
 from ._event import OperationType
 from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
 from .delivery._circuit import CircuitBreakerRegistry, CircuitState
@@ -125,6 +133,10 @@ class WebhookServer:
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
         self.snapshots: dict[str, Any] = {}
         self._started = False
+        # an error retrying cannot fix, found while running (a dropped slot): ``run`` exits on it
+        self.fatal_error: SourceFatalError | None = None
+        self.failed = asyncio.Event()
+        self._resnapshot = False
 
     # -- lifecycle --------------------------------------------------------------
     async def __aenter__(self) -> WebhookServer:
@@ -138,7 +150,21 @@ class WebhookServer:
     def dsn(self) -> str:
         return self.config.source.dsn.get_secret_value()
 
-    async def start(self, serve_http: bool = True) -> None:
+    @property
+    def ready(self) -> bool:
+        """Started, and no error retrying cannot fix."""
+        return self._started and self.fatal_error is None
+
+    async def start(self, serve_http: bool = True, *, resnapshot: bool = False) -> None:
+        """Start; ``resnapshot`` re-reads every captured table once (the way on after a lost slot)."""
+        self._resnapshot = resnapshot
+        try:
+            await self._start(serve_http)
+        except BaseException:
+            await self.stop()  # the HTTP listener, the local log and the store are open
+            raise
+
+    async def _start(self, serve_http: bool) -> None:
         cfg = self.config
         if serve_http:
             from .server._security import check_http_security
@@ -159,9 +185,13 @@ class WebhookServer:
             pos.seq,
             format_lsn(pos.end_lsn),
         )
-        await self._prepare_source()
         await self._reconcile_config()
-        await self._sync_publication()
+        if serve_http:
+            from .server import start_http
+
+            # /health answers (503, with the reason) while the source is retried
+            self._http = await start_http(self)
+        await self._prepare_source()
         self.capture = Capture(
             dsn=self.dsn,
             slot=cfg.source.slot,
@@ -184,11 +214,9 @@ class WebhookServer:
             if snap and snap["state"] == "running":
                 log.info("resuming the %s of stream %s", snap["kind"], row["name"])
                 await self.start_snapshot(row["name"], snap["kind"], snap["where"])
+        if self._resnapshot:
+            await self._start_resnapshot()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        if serve_http:
-            from .server import start_http
-
-            self._http = await start_http(self)
         self._started = True
         log.info("heliosdb-cdc running: %d stream(s)", len(self.runners))
 
@@ -218,18 +246,21 @@ class WebhookServer:
 
     # -- source ------------------------------------------------------------------
     async def _prepare_source(self) -> None:
-        """Check the server and create the slot; retry with backoff while unreachable."""
+        """Check the server, the slot and the publication; retry with backoff while the
+        error is transient. Errors retrying cannot fix (:class:`SourceFatalError`) end it."""
         delay = 0.5
         last = None
         while True:
             try:
                 await asyncio.to_thread(self._prepare_source_sync)
+                await self._sync_publication()
                 self.source_error = None
                 return
+            except SourceFatalError as exc:
+                self.source_error = str(exc)
+                raise
             except SourceError as exc:
                 msg = str(exc)
-                if "wal_level" in msg or "plugin" in msg:
-                    raise
                 if msg != last:
                     log.error("%s; retrying with backoff", msg)
                     last = msg
@@ -241,9 +272,42 @@ class WebhookServer:
         conn = connect(self.dsn)
         try:
             check_server(conn)
-            ensure_slot(conn, self.config.source.slot)
+            self._check_slot(conn)
         finally:
             conn.close()
+
+    def _check_slot(self, conn: Any) -> None:
+        """Create the slot, unless this state directory read from it before: then a missing
+        slot means the changes committed since it went are lost, and we refuse to go on."""
+        assert self.store is not None and self.log is not None
+        slot = self.config.source.slot
+        key = f"slot:{slot}"
+        known = self.store.get_meta(key)
+        if known is None and self.log.durable.end_lsn > 0:
+            known = format_lsn(self.log.durable.end_lsn)  # a state directory from before the marker
+        if ensure_slot(conn, slot, create=known is None or self._resnapshot):
+            if known is not None:
+                log.warning(
+                    "replication slot %s was missing and is created again; the captured tables "
+                    "are re-read with a snapshot (--resnapshot)",
+                    slot,
+                )
+            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "created")
+        elif known is None:
+            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "existing")
+
+    async def _start_resnapshot(self) -> None:
+        """``run --resnapshot``: a snapshot of every stream's tables, alongside the live stream."""
+        assert self.store is not None
+        for row in self.store.list_streams():
+            if "*" in row["config"]["tables"]:
+                log.warning("stream %s captures every table ('*'): not re-read", row["name"])
+                continue
+            try:
+                await self.start_snapshot(row["name"], "snapshot", None)
+            except CdcError as exc:
+                log.error("re-reading stream %s: %s", row["name"], exc)
+                self.store.set_error(row["name"], f"--resnapshot: {exc}")
 
     def _tables_of(self, cfg: StreamConfig) -> list[str]:
         conn = connect(self.dsn)
@@ -414,6 +478,9 @@ class WebhookServer:
         last_prune = 0.0
         while True:
             await asyncio.sleep(2.0)
+            fatal = self.capture.status.fatal if self.capture is not None else None
+            if fatal and self.fatal_error is None:
+                self.fail(SourceFatalError(fatal))
             try:
                 cursors = [r.cursor for r in self.runners.values()]
                 low = min(cursors) if cursors else self.log.durable.seq
@@ -427,6 +494,13 @@ class WebhookServer:
                 raise
             except Exception as exc:
                 log.debug("housekeeping: %s", exc)
+
+    def fail(self, exc: SourceFatalError) -> None:
+        """Record an error retrying cannot fix; ``run`` stops the service and exits with 2."""
+        log.error("%s", exc)
+        self.fatal_error = exc
+        self.source_error = str(exc)
+        self.failed.set()
 
     async def _refresh_slot_stats(self) -> None:
         def read() -> dict[str, Any]:
