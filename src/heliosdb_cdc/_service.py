@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import SecretStr, ValidationError
 
 from ._config import (
@@ -38,7 +39,13 @@ from ._errors import (
     StreamNotFound,
 )
 from ._event import OperationType
-from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
+from ._metrics import (
+    SLOT_LAG_BYTES,
+    SLOT_LAG_SECONDS,
+    SLOT_RETAINED_BYTES,
+    TABLE_CHANGES,
+    TABLE_MISSING,
+)
 from .delivery._circuit import CircuitBreakerRegistry, CircuitState
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
@@ -47,11 +54,15 @@ from .postgres._replication import Capture
 from .postgres._setup import (
     check_server,
     connect,
+    emit_table_change,
     ensure_publication,
     ensure_slot,
+    relation_names,
     resolve_tables,
     slot_stats,
+    split_table,
     table_columns,
+    table_oids,
 )
 from .sinks._base import Sink
 from .sinks._webhook import WebhookSink
@@ -137,6 +148,8 @@ class WebhookServer:
         self.fatal_error: SourceFatalError | None = None
         self.failed = asyncio.Event()
         self._resnapshot = False
+        # captured tables gone under their name (dropped, renamed) -> why; see _tables.py
+        self.table_problems: dict[str, str] = {}
 
     # -- lifecycle --------------------------------------------------------------
     async def __aenter__(self) -> WebhookServer:
@@ -216,6 +229,7 @@ class WebhookServer:
                 await self.start_snapshot(row["name"], snap["kind"], snap["where"])
         if self._resnapshot:
             await self._start_resnapshot()
+        await self._check_tables_logged()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._started = True
         log.info("heliosdb-cdc running: %d stream(s)", len(self.runners))
@@ -490,10 +504,94 @@ class WebhookServer:
                     await asyncio.to_thread(self.store.prune_deliveries, eo.retention_secs or eo.window_secs)
                     last_prune = time.time()
                 await self._refresh_slot_stats()
+                await self._check_tables()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("housekeeping: %s", exc)
+
+    # -- captured tables dropped, renamed, re-created (followed by name) -------------------
+    def _followed_tables(self) -> list[str]:
+        """``schema.table`` of every table a stream names (patterns are not followed)."""
+        assert self.store is not None
+        names = list(self.config.source.tables)
+        for row in self.store.list_streams():
+            names.extend(row["config"]["tables"])
+        return sorted({".".join(split_table(n)) for n in names if not any(c in n for c in "*?[")})
+
+    async def _check_tables_logged(self) -> None:
+        try:
+            await self._check_tables()
+        except CdcError as exc:
+            log.warning("checking the captured tables: %s", exc)
+
+    async def _check_tables(self) -> None:
+        """Compare the captured tables' OIDs with the last check; report and repair."""
+        from ._tables import RECREATED, compare, problems
+
+        assert self.store is not None
+        names = self._followed_tables()
+        known: dict[str, dict[str, Any]] = orjson.loads(self.store.get_meta("tables") or "{}")
+
+        def read() -> tuple[dict[str, int | None], dict[int, str | None]]:
+            conn = connect(self.dsn)
+            try:
+                current = table_oids(conn, names)
+                lost = [
+                    k["oid"]
+                    for n, k in known.items()
+                    if k.get("oid") is not None and current.get(n) != k["oid"]
+                ]
+                return current, relation_names(conn, lost)
+            finally:
+                conn.close()
+
+        current, names_of = await asyncio.to_thread(read)
+        changes, now = compare(known, current, names_of)
+        for ch in changes:
+            log.warning("%s", ch.detail)
+            TABLE_CHANGES.labels(ch.name, ch.change).inc()
+            await asyncio.to_thread(self._emit_table_change, ch.message())
+        back = [ch for ch in changes if ch.change == RECREATED]
+        if back:
+            await self._sync_publication()  # before the backfill: its watermarks need the table
+            for ch in back:
+                await self._backfill_table(ch.table)
+        if changes or now != known:
+            self.store.set_meta("tables", orjson.dumps(now).decode())
+        self.table_problems = problems(now)
+        for name in names:
+            TABLE_MISSING.labels(name.removeprefix("public.")).set(
+                1 if name.removeprefix("public.") in self.table_problems else 0
+            )
+
+    def _emit_table_change(self, content: bytes) -> None:
+        conn = connect(self.dsn)
+        try:
+            emit_table_change(conn, content)
+        finally:
+            conn.close()
+
+    async def _backfill_table(self, table: str) -> None:
+        """Re-read a re-created table for every stream that names it."""
+        assert self.store is not None
+        for row in self.store.list_streams():
+            wanted = {".".join(split_table(t)) for t in row["config"]["tables"]}
+            if table not in wanted:
+                continue
+            try:
+                await self.start_snapshot(row["name"], "backfill", None, tables=[table])
+            except CdcError as exc:
+                msg = f"table {table} was re-created but could not be re-read: {exc}"
+                log.error("stream %s: %s", row["name"], msg)
+                self.store.set_error(row["name"], msg)
+
+    def _table_problem(self, cfg: dict[str, Any]) -> str | None:
+        for t in cfg["tables"]:
+            problem = self.table_problems.get(t.removeprefix("public."))
+            if problem:
+                return problem
+        return None
 
     def fail(self, exc: SourceFatalError) -> None:
         """Record an error retrying cannot fix; ``run`` stops the service and exits with 2."""
@@ -552,6 +650,7 @@ class WebhookServer:
                 self.store.drop_stream(cfg.name)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
+        await self._check_tables_logged()  # note its tables' OIDs now: a drop right after is seen
         if cfg.snapshot == "initial":
             await self.start_snapshot(cfg.name, "snapshot", None)
         return cfg
@@ -589,6 +688,8 @@ class WebhookServer:
             return "paused"
         if runner is None or row.get("failed"):
             return "failed"
+        if self._table_problem(row["config"]):
+            return "warning"  # a captured table is gone under its name: see last_error
         return "running"
 
     def list_stream_rows(self) -> list[dict[str, Any]]:
@@ -650,15 +751,18 @@ class WebhookServer:
             "throughput_per_sec": round(st.rate(), 1) if st else 0.0,
             "p99_latency_ms": st.p99_ms() if st else None,
             "circuit_breaker": f"{endpoint}={breaker.name}",
-            "last_error": (st.last_error if st else None) or row["last_error"],
+            "last_error": self._table_problem(cfg) or (st.last_error if st else None) or row["last_error"],
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
             "snapshot": _snapshot_summary(self.snapshot_status(name)),
         }
 
     # -- snapshots and backfills ------------------------------------------------------------
-    async def start_snapshot(self, name: str, kind: str = "backfill", where: str | None = None) -> None:
-        """Send the current rows of the stream's tables (all, or those matching ``where``)."""
+    async def start_snapshot(
+        self, name: str, kind: str = "backfill", where: str | None = None, tables: list[str] | None = None
+    ) -> None:
+        """Send the current rows of the stream's tables (all, or those matching ``where``;
+        ``tables``: only those)."""
         from .delivery._snapshot import Snapshotter
 
         assert self.store is not None
@@ -687,7 +791,8 @@ class WebhookServer:
                 predicate = compile_predicate(where)
             except CdcError as exc:
                 raise SqlError(f"invalid backfill predicate: {exc}", stream=name) from None
-        tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
+        if tables is None:
+            tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
         if not tables:
             raise SqlError(f"stream {name!r} has no tables to read", stream=name)
         runner.database = self.config.database

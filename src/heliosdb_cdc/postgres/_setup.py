@@ -189,9 +189,7 @@ def _ensure_publication(
     return wanted
 
 
-LOST_SLOT_FIX = (
-    "Fix: run heliosdb-cdc run --resnapshot to create it again and re-read every captured table."
-)
+LOST_SLOT_FIX = "Fix: run heliosdb-cdc run --resnapshot to create it again and re-read every captured table."
 
 
 def lost_slot_error(slot: str) -> SourceFatalError:
@@ -248,3 +246,41 @@ def slot_stats(conn: psycopg2.extensions.connection, slot: str) -> dict[str, Any
         "active": bool(row[2]),
         "confirmed_flush_lsn": row[3],
     }
+
+
+def table_oids(conn: psycopg2.extensions.connection, names: Iterable[str]) -> dict[str, int | None]:
+    """OID of each ``schema.table`` name (None when no table has that name)."""
+    out: dict[str, int | None] = {}
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(
+                "SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r','p') AND n.nspname = %s AND c.relname = %s",
+                split_table(name),
+            )
+            row = cur.fetchone()
+            out[name] = None if row is None else int(row[0])
+    return out
+
+
+def relation_names(conn: psycopg2.extensions.connection, oids: Iterable[int]) -> dict[int, str | None]:
+    """``schema.table`` name of each table OID now (None when no table has it)."""
+    out: dict[int, str | None] = {}
+    with conn.cursor() as cur:
+        for oid in oids:
+            cur.execute(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s AND c.relkind IN ('r','p')",
+                (oid,),
+            )
+            row = cur.fetchone()
+            out[oid] = None if row is None else str(row[0])
+    return out
+
+
+def emit_table_change(conn: psycopg2.extensions.connection, content: bytes) -> None:
+    """Write a table change into the WAL, where the decoder makes it a SCHEMA_CHANGE event."""
+    from ._decoder import TABLE_CHANGE_PREFIX
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_logical_emit_message(true, %s, %s::bytea)", (TABLE_CHANGE_PREFIX, content))
