@@ -126,6 +126,10 @@ def test_alert_expressions_on_synthetic_series(tmp_path: Path) -> None:
         ('heliosdb_event_queue_size{stream="slow",queue_type="overflow"}', "500000x20"),
         ('heliosdb_event_queue_size{stream="slow",queue_type="memory"}', "500000x20"),
         ('heliosdb_event_queue_size{stream="fast",queue_type="overflow"}', "3x20"),
+        ('heliosdb_cdc_table_missing{table="gone"}', "0 1x20"),
+        ('heliosdb_cdc_table_missing{table="here"}', "0x20"),
+        ('heliosdb_cdc_table_changes_total{table="gone",change="dropped"}', "0 0 0 0 0 1x16"),
+        ('heliosdb_cdc_table_changes_total{table="here",change="recreated"}', "0x20"),
     ]
     # alert -> (evaluation time, label sets expected to be selected)
     expected: dict[str, list[tuple[str, list[str]]]] = {
@@ -142,6 +146,11 @@ def test_alert_expressions_on_synthetic_series(tmp_path: Path) -> None:
         "HeliosCdcSlotWalRetainedHigh": [("10m", ['{slot="big"}', '{slot="mid"}'])],
         "HeliosCdcSlotWalRetainedCritical": [("10m", ['{slot="big"}'])],
         "HeliosCdcOverflowBacklog": [("10m", ['{stream="slow",queue_type="overflow"}'])],
+        "HeliosCdcCapturedTableMissing": [("10m", ['{table="gone"}'])],
+        "HeliosCdcCapturedTableChanged": [
+            ("8m", ['{table="gone",change="dropped"}']),
+            ("19m", []),
+        ],
     }
     assert set(expected) == set(rules), "every alert needs a case here"
     tests: list[dict[str, Any]] = []

@@ -37,6 +37,8 @@ class FakeService:
         self.capture = None
         self.runners: dict[str, Any] = {}
         self.source_error = None
+        self.fatal_error = None
+        self.ready = True
         self.store = self
         self.created: list[Any] = []
 

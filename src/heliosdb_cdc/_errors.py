@@ -43,6 +43,12 @@ class SourceError(CdcError):
     """The PostgreSQL source cannot be read (connection, wal_level, slot...)."""
 
 
+class SourceFatalError(SourceError):
+    """The source refuses us for a reason retrying cannot fix (credentials, privileges,
+    ``wal_level``, a lost replication slot); the message ends with the one-line fix.
+    ``heliosdb-cdc run`` exits with status 2 on it."""
+
+
 class DecodeError(SourceError):
     """A pgoutput message could not be decoded."""
 

@@ -209,6 +209,18 @@ DEAD_LETTERS = Counter(
     ["stream", "endpoint"],
     registry=REGISTRY,
 )
+TABLE_CHANGES = Counter(
+    "heliosdb_cdc_table_changes",
+    "Captured tables found dropped, renamed or re-created (change = dropped|renamed|recreated)",
+    ["table", "change"],
+    registry=REGISTRY,
+)
+TABLE_MISSING = Gauge(
+    "heliosdb_cdc_table_missing",
+    "1 while a captured table is gone under its name (dropped or renamed): its changes are not captured",
+    ["table"],
+    registry=REGISTRY,
+)
 LOCAL_LOG_BYTES = Gauge(
     "heliosdb_cdc_local_log_bytes",
     "Bytes of the local log on disk",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import SecretStr, ValidationError
 
 from ._config import (
@@ -28,9 +29,23 @@ from ._config import (
     WebhookRegistration,
     load_config,
 )
-from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
+from ._errors import (
+    CdcError,
+    ConfigError,
+    SourceError,
+    SourceFatalError,
+    SqlError,
+    StreamExists,
+    StreamNotFound,
+)
 from ._event import OperationType
-from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
+from ._metrics import (
+    SLOT_LAG_BYTES,
+    SLOT_LAG_SECONDS,
+    SLOT_RETAINED_BYTES,
+    TABLE_CHANGES,
+    TABLE_MISSING,
+)
 from .delivery._circuit import CircuitBreakerRegistry, CircuitState
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
@@ -39,11 +54,15 @@ from .postgres._replication import Capture
 from .postgres._setup import (
     check_server,
     connect,
+    emit_table_change,
     ensure_publication,
     ensure_slot,
+    relation_names,
     resolve_tables,
     slot_stats,
+    split_table,
     table_columns,
+    table_oids,
 )
 from .sinks._base import Sink
 from .sinks._webhook import WebhookSink
@@ -125,6 +144,12 @@ class WebhookServer:
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
         self.snapshots: dict[str, Any] = {}
         self._started = False
+        # an error retrying cannot fix, found while running (a dropped slot): ``run`` exits on it
+        self.fatal_error: SourceFatalError | None = None
+        self.failed = asyncio.Event()
+        self._resnapshot = False
+        # captured tables gone under their name (dropped, renamed) -> why; see _tables.py
+        self.table_problems: dict[str, str] = {}
 
     # -- lifecycle --------------------------------------------------------------
     async def __aenter__(self) -> WebhookServer:
@@ -138,7 +163,21 @@ class WebhookServer:
     def dsn(self) -> str:
         return self.config.source.dsn.get_secret_value()
 
-    async def start(self, serve_http: bool = True) -> None:
+    @property
+    def ready(self) -> bool:
+        """Started, and no error retrying cannot fix."""
+        return self._started and self.fatal_error is None
+
+    async def start(self, serve_http: bool = True, *, resnapshot: bool = False) -> None:
+        """Start; ``resnapshot`` re-reads every captured table once (the way on after a lost slot)."""
+        self._resnapshot = resnapshot
+        try:
+            await self._start(serve_http)
+        except BaseException:
+            await self.stop()  # the HTTP listener, the local log and the store are open
+            raise
+
+    async def _start(self, serve_http: bool) -> None:
         cfg = self.config
         if serve_http:
             from .server._security import check_http_security
@@ -159,9 +198,13 @@ class WebhookServer:
             pos.seq,
             format_lsn(pos.end_lsn),
         )
-        await self._prepare_source()
         await self._reconcile_config()
-        await self._sync_publication()
+        if serve_http:
+            from .server import start_http
+
+            # /health answers (503, with the reason) while the source is retried
+            self._http = await start_http(self)
+        await self._prepare_source()
         self.capture = Capture(
             dsn=self.dsn,
             slot=cfg.source.slot,
@@ -184,11 +227,10 @@ class WebhookServer:
             if snap and snap["state"] == "running":
                 log.info("resuming the %s of stream %s", snap["kind"], row["name"])
                 await self.start_snapshot(row["name"], snap["kind"], snap["where"])
+        if self._resnapshot:
+            await self._start_resnapshot()
+        await self._check_tables_logged()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        if serve_http:
-            from .server import start_http
-
-            self._http = await start_http(self)
         self._started = True
         log.info("heliosdb-cdc running: %d stream(s)", len(self.runners))
 
@@ -218,18 +260,21 @@ class WebhookServer:
 
     # -- source ------------------------------------------------------------------
     async def _prepare_source(self) -> None:
-        """Check the server and create the slot; retry with backoff while unreachable."""
+        """Check the server, the slot and the publication; retry with backoff while the
+        error is transient. Errors retrying cannot fix (:class:`SourceFatalError`) end it."""
         delay = 0.5
         last = None
         while True:
             try:
                 await asyncio.to_thread(self._prepare_source_sync)
+                await self._sync_publication()
                 self.source_error = None
                 return
+            except SourceFatalError as exc:
+                self.source_error = str(exc)
+                raise
             except SourceError as exc:
                 msg = str(exc)
-                if "wal_level" in msg or "plugin" in msg:
-                    raise
                 if msg != last:
                     log.error("%s; retrying with backoff", msg)
                     last = msg
@@ -241,9 +286,42 @@ class WebhookServer:
         conn = connect(self.dsn)
         try:
             check_server(conn)
-            ensure_slot(conn, self.config.source.slot)
+            self._check_slot(conn)
         finally:
             conn.close()
+
+    def _check_slot(self, conn: Any) -> None:
+        """Create the slot, unless this state directory read from it before: then a missing
+        slot means the changes committed since it went are lost, and we refuse to go on."""
+        assert self.store is not None and self.log is not None
+        slot = self.config.source.slot
+        key = f"slot:{slot}"
+        known = self.store.get_meta(key)
+        if known is None and self.log.durable.end_lsn > 0:
+            known = format_lsn(self.log.durable.end_lsn)  # a state directory from before the marker
+        if ensure_slot(conn, slot, create=known is None or self._resnapshot):
+            if known is not None:
+                log.warning(
+                    "replication slot %s was missing and is created again; the captured tables "
+                    "are re-read with a snapshot (--resnapshot)",
+                    slot,
+                )
+            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "created")
+        elif known is None:
+            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "existing")
+
+    async def _start_resnapshot(self) -> None:
+        """``run --resnapshot``: a snapshot of every stream's tables, alongside the live stream."""
+        assert self.store is not None
+        for row in self.store.list_streams():
+            if "*" in row["config"]["tables"]:
+                log.warning("stream %s captures every table ('*'): not re-read", row["name"])
+                continue
+            try:
+                await self.start_snapshot(row["name"], "snapshot", None)
+            except CdcError as exc:
+                log.error("re-reading stream %s: %s", row["name"], exc)
+                self.store.set_error(row["name"], f"--resnapshot: {exc}")
 
     def _tables_of(self, cfg: StreamConfig) -> list[str]:
         conn = connect(self.dsn)
@@ -414,6 +492,9 @@ class WebhookServer:
         last_prune = 0.0
         while True:
             await asyncio.sleep(2.0)
+            fatal = self.capture.status.fatal if self.capture is not None else None
+            if fatal and self.fatal_error is None:
+                self.fail(SourceFatalError(fatal))
             try:
                 cursors = [r.cursor for r in self.runners.values()]
                 low = min(cursors) if cursors else self.log.durable.seq
@@ -423,10 +504,101 @@ class WebhookServer:
                     await asyncio.to_thread(self.store.prune_deliveries, eo.retention_secs or eo.window_secs)
                     last_prune = time.time()
                 await self._refresh_slot_stats()
+                await self._check_tables()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("housekeeping: %s", exc)
+
+    # -- captured tables dropped, renamed, re-created (followed by name) -------------------
+    def _followed_tables(self) -> list[str]:
+        """``schema.table`` of every table a stream names (patterns are not followed)."""
+        assert self.store is not None
+        names = list(self.config.source.tables)
+        for row in self.store.list_streams():
+            names.extend(row["config"]["tables"])
+        return sorted({".".join(split_table(n)) for n in names if not any(c in n for c in "*?[")})
+
+    async def _check_tables_logged(self) -> None:
+        try:
+            await self._check_tables()
+        except CdcError as exc:
+            log.warning("checking the captured tables: %s", exc)
+
+    async def _check_tables(self) -> None:
+        """Compare the captured tables' OIDs with the last check; report and repair."""
+        from ._tables import RECREATED, compare, problems
+
+        assert self.store is not None
+        names = self._followed_tables()
+        known: dict[str, dict[str, Any]] = orjson.loads(self.store.get_meta("tables") or "{}")
+
+        def read() -> tuple[dict[str, int | None], dict[int, str | None]]:
+            conn = connect(self.dsn)
+            try:
+                current = table_oids(conn, names)
+                lost = [
+                    k["oid"]
+                    for n, k in known.items()
+                    if k.get("oid") is not None and current.get(n) != k["oid"]
+                ]
+                return current, relation_names(conn, lost)
+            finally:
+                conn.close()
+
+        current, names_of = await asyncio.to_thread(read)
+        changes, now = compare(known, current, names_of)
+        for ch in changes:
+            log.warning("%s", ch.detail)
+            TABLE_CHANGES.labels(ch.name, ch.change).inc()
+            await asyncio.to_thread(self._emit_table_change, ch.message())
+        back = [ch for ch in changes if ch.change == RECREATED]
+        if back:
+            await self._sync_publication()  # before the backfill: its watermarks need the table
+            for ch in back:
+                await self._backfill_table(ch.table)
+        if changes or now != known:
+            self.store.set_meta("tables", orjson.dumps(now).decode())
+        self.table_problems = problems(now)
+        for name in names:
+            TABLE_MISSING.labels(name.removeprefix("public.")).set(
+                1 if name.removeprefix("public.") in self.table_problems else 0
+            )
+
+    def _emit_table_change(self, content: bytes) -> None:
+        conn = connect(self.dsn)
+        try:
+            emit_table_change(conn, content)
+        finally:
+            conn.close()
+
+    async def _backfill_table(self, table: str) -> None:
+        """Re-read a re-created table for every stream that names it."""
+        assert self.store is not None
+        for row in self.store.list_streams():
+            wanted = {".".join(split_table(t)) for t in row["config"]["tables"]}
+            if table not in wanted:
+                continue
+            try:
+                await self.start_snapshot(row["name"], "backfill", None, tables=[table])
+            except CdcError as exc:
+                msg = f"table {table} was re-created but could not be re-read: {exc}"
+                log.error("stream %s: %s", row["name"], msg)
+                self.store.set_error(row["name"], msg)
+
+    def _table_problem(self, cfg: dict[str, Any]) -> str | None:
+        for t in cfg["tables"]:
+            problem = self.table_problems.get(t.removeprefix("public."))
+            if problem:
+                return problem
+        return None
+
+    def fail(self, exc: SourceFatalError) -> None:
+        """Record an error retrying cannot fix; ``run`` stops the service and exits with 2."""
+        log.error("%s", exc)
+        self.fatal_error = exc
+        self.source_error = str(exc)
+        self.failed.set()
 
     async def _refresh_slot_stats(self) -> None:
         def read() -> dict[str, Any]:
@@ -478,6 +650,7 @@ class WebhookServer:
                 self.store.drop_stream(cfg.name)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
+        await self._check_tables_logged()  # note its tables' OIDs now: a drop right after is seen
         if cfg.snapshot == "initial":
             await self.start_snapshot(cfg.name, "snapshot", None)
         return cfg
@@ -515,6 +688,8 @@ class WebhookServer:
             return "paused"
         if runner is None or row.get("failed"):
             return "failed"
+        if self._table_problem(row["config"]):
+            return "warning"  # a captured table is gone under its name: see last_error
         return "running"
 
     def list_stream_rows(self) -> list[dict[str, Any]]:
@@ -576,15 +751,18 @@ class WebhookServer:
             "throughput_per_sec": round(st.rate(), 1) if st else 0.0,
             "p99_latency_ms": st.p99_ms() if st else None,
             "circuit_breaker": f"{endpoint}={breaker.name}",
-            "last_error": (st.last_error if st else None) or row["last_error"],
+            "last_error": self._table_problem(cfg) or (st.last_error if st else None) or row["last_error"],
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
             "snapshot": _snapshot_summary(self.snapshot_status(name)),
         }
 
     # -- snapshots and backfills ------------------------------------------------------------
-    async def start_snapshot(self, name: str, kind: str = "backfill", where: str | None = None) -> None:
-        """Send the current rows of the stream's tables (all, or those matching ``where``)."""
+    async def start_snapshot(
+        self, name: str, kind: str = "backfill", where: str | None = None, tables: list[str] | None = None
+    ) -> None:
+        """Send the current rows of the stream's tables (all, or those matching ``where``;
+        ``tables``: only those)."""
         from .delivery._snapshot import Snapshotter
 
         assert self.store is not None
@@ -613,7 +791,8 @@ class WebhookServer:
                 predicate = compile_predicate(where)
             except CdcError as exc:
                 raise SqlError(f"invalid backfill predicate: {exc}", stream=name) from None
-        tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
+        if tables is None:
+            tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
         if not tables:
             raise SqlError(f"stream {name!r} has no tables to read", stream=name)
         runner.database = self.config.database

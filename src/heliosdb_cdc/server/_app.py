@@ -79,13 +79,17 @@ def build_app(service: WebhookServer) -> web.Application:
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
         cap = service.capture.status if service.capture else None
+        # 503 while starting (the source is retried: source_error says why) or after an
+        # error retrying cannot fix (the service is about to exit)
+        status = "failed" if service.fatal_error else "ok" if service.ready else "starting"
         return _json(
             {
-                "status": "ok",
+                "status": status,
                 "replication_connected": bool(cap and cap.connected),
                 "streams": len(service.runners),
                 "source_error": service.source_error or (cap.last_error if cap else None),
-            }
+            },
+            200 if status == "ok" else 503,
         )
 
     @routes.get("/metrics")

@@ -410,6 +410,17 @@ class Store:
     def delete_snapshot(self, stream: str) -> None:
         self._exec("DELETE FROM snapshots WHERE stream=?", (stream,))
 
+    # -- small facts about the source (the slot we created, captured tables' OIDs) --
+    def get_meta(self, key: str) -> str | None:
+        row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._exec("DELETE FROM meta WHERE key=?", (key,))
+        else:
+            self._exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
