@@ -258,10 +258,6 @@ class Store:
                     pass
                 raise StateError(f"cannot write a checkpoint: {exc}", stream=stream) from exc
 
-    def get_meta(self, key: str) -> str | None:
-        row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
     def delivered_after(self, endpoint: str, seq: int) -> set[str]:
         rows = self._exec(
             "SELECT event_id FROM deliveries WHERE endpoint=? AND seq>?", (endpoint, seq)
