@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import shutil
 import subprocess
 import time
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from heliosdb_cdc import WebhookRegistration, WebhookServer
+from tests.plugins import in_ci
 from tests.plugins.postgres import PgDatabase
 from tests.plugins.prometheus import (  # noqa: F401
     ALERTS_FILE,
@@ -49,7 +49,7 @@ Q_OVERFLOW = 'heliosdb_event_queue_size{queue_type="overflow"}'
 def _promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail("promtool is not installed (scripts/install-system-deps.sh)")
         pytest.skip("promtool is not installed")
     return path
