@@ -205,7 +205,6 @@ async def test_guide_queries_and_circuit_alert_on_real_prometheus(
     )
     stream, endpoint = "prom_stream", receiver.url
     base = f"http://{cfg.webhook.bind_address}"
-    started = time.monotonic()
     async with WebhookServer(cfg) as server:
         await server.register(
             WebhookRegistration(url=endpoint, secret="your-webhook-secret", tables=["p_orders"], name=stream)
@@ -312,4 +311,3 @@ async def test_guide_queries_and_circuit_alert_on_real_prometheus(
             lambda r: _one(r) == written,
             f"{written} changes processed",
         )
-    assert time.monotonic() - started < 60
