@@ -1003,6 +1003,27 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def recorded_ratios() -> dict[str, float]:
+    """The ratios BENCHMARKS.md records (its ``<!-- ratios: {...} -->`` line)."""
+    m = re.search(r"<!--\s*ratios:\s*(\{.*?\})\s*-->", (ROOT / "BENCHMARKS.md").read_text(), re.S)
+    if m is None:
+        raise SystemExit("BENCHMARKS.md has no <!-- ratios: {...} --> line")
+    data: dict[str, float] = json.loads(m.group(1))
+    return data
+
+
+def check_ratios(measured: dict[str, float], recorded: dict[str, float]) -> list[str]:
+    """Problems with this run's ratios: each recorded ratio must be measured and reach
+    half of the recorded value (a machine's noise moves a ratio by up to 2x)."""
+    problems = []
+    for key, value in recorded.items():
+        if key not in measured:
+            problems.append(f"{key} not measured in this run (run the scenarios it needs)")
+        elif measured[key] < value / 2:
+            problems.append(f"{key} = {measured[key]} is below half of the {value} recorded in BENCHMARKS.md")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer changes, shorter latency runs")
@@ -1030,6 +1051,12 @@ def main(argv: list[str] | None = None) -> int:
         help="receiver server: raw asyncio HTTP/1.1 (default) or aiohttp.web",
     )
     p.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")
+    p.add_argument(
+        "--check-ratios",
+        action="store_true",
+        help="exit 1 when a ratio recorded in BENCHMARKS.md falls below half (on a quiet machine: "
+        "python bench/run.py --quick --scenarios raw,null --check-ratios)",
+    )
     args = p.parse_args(argv)
     if args.report:
         data = json.loads(Path(args.report).read_text())
@@ -1070,6 +1097,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(bench.results))
     print("ratios: " + json.dumps(rs))
     print(f"results: {path}")
+    if args.check_ratios:
+        recorded = recorded_ratios()
+        problems = check_ratios(rs, recorded)
+        print("recorded ratios: " + json.dumps(recorded))
+        for problem in problems:
+            print("RATIO BELOW FLOOR: " + problem)
+        return 1 if problems else 0
     return 0
 
 
