@@ -293,6 +293,9 @@ def test_truncate_before_deletes_only_whole_old_segments(tmp_path: Path) -> None
     segs = list(log._segments)
     assert len(segs) >= 4
     total = log.size_bytes
+    # below the threshold nothing goes; at it, the first segment does
+    assert log.trim_threshold == segs[1] - 1
+    assert log.truncate_before(segs[1] - 2) == 0
     # a seq inside the second segment: only the first one is wholly consumed
     freed = log.truncate_before(segs[1])
     assert log._segments == segs[1:]

@@ -497,6 +497,12 @@ class LocalLog:
             return mem
         return await asyncio.to_thread(self.read_disk, from_seq, max_n)
 
+    @property
+    def trim_threshold(self) -> int:
+        """The lowest ``seq`` for which :meth:`truncate_before` deletes a segment."""
+        segs = self._segments
+        return segs[1] - 1 if len(segs) > 1 else self._next_seq
+
     def truncate_before(self, seq: int) -> int:
         """Delete whole segments holding only records <= ``seq``; return bytes freed."""
         freed = 0
