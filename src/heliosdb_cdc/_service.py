@@ -496,9 +496,7 @@ class WebhookServer:
             if fatal and self.fatal_error is None:
                 self.fail(SourceFatalError(fatal))
             try:
-                cursors = [r.cursor for r in self.runners.values()]
-                low = min(cursors) if cursors else self.log.durable.seq
-                await asyncio.to_thread(self.log.truncate_before, min(low, self.log.durable.seq))
+                await self.trim_log()
                 if time.time() - last_prune > 300:
                     eo = self.config.webhook.exactly_once
                     await asyncio.to_thread(self.store.prune_deliveries, eo.retention_secs or eo.window_secs)
@@ -599,6 +597,20 @@ class WebhookServer:
         self.fatal_error = exc
         self.source_error = str(exc)
         self.failed.set()
+
+    async def trim_log(self) -> int:
+        """Delete the log segments every stream is done with; return the bytes freed.
+
+        By the cursors persisted in the state database, made durable first: after a
+        crash or a power cut streams restart from those, not from their cursors in memory.
+        """
+        assert self.log is not None and self.store is not None
+        saved = [r.saved_cursor for r in self.runners.values()]
+        upto = min(min(saved, default=self.log.durable.seq), self.log.durable.seq)
+        if upto < self.log.trim_threshold:
+            return 0  # no whole segment to delete
+        await asyncio.to_thread(self.store.sync_to_disk)
+        return await asyncio.to_thread(self.log.truncate_before, upto)
 
     async def _refresh_slot_stats(self) -> None:
         def read() -> dict[str, Any]:

@@ -610,6 +610,11 @@ class StreamRunner:
 
     # -- status ----------------------------------------------------------------------
     @property
+    def saved_cursor(self) -> int:
+        """The cursor as committed to the state database (where a restart resumes)."""
+        return self._saved_cursor
+
+    @property
     def queue_memory(self) -> int:
         return len(self._pending)
 

@@ -4,6 +4,7 @@ runs per event."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -257,6 +258,23 @@ class Store:
                 except sqlite3.Error:
                     pass
                 raise StateError(f"cannot write a checkpoint: {exc}", stream=stream) from exc
+
+    def sync_to_disk(self) -> None:
+        """Make every committed transaction durable.
+
+        With ``synchronous=NORMAL`` a commit survives a crash of the process but not
+        a power cut until SQLite's next WAL checkpoint; callers that delete data on the
+        strength of a committed cursor (log retention) call this first.
+        """
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def delivered_after(self, endpoint: str, seq: int) -> set[str]:
         rows = self._exec(
