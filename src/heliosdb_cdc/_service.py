@@ -30,6 +30,7 @@ from ._config import (
 )
 from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
 from ._event import OperationType
+from ._input import check_stream
 from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
 from .delivery._circuit import CircuitBreakerRegistry, CircuitState
 from .delivery._locallog import LocalLog
@@ -61,7 +62,7 @@ def stream_to_json(cfg: StreamConfig) -> dict[str, Any]:
 
 
 def registration_stream(reg: WebhookRegistration, index: int | None = None) -> StreamConfig:
-    name = reg.name or _registration_name(reg.url)
+    name = reg.name if reg.name is not None else _registration_name(reg.url)
     return StreamConfig(
         name=name,
         tables=reg.tables or ["*"],
@@ -75,7 +76,7 @@ def registration_stream(reg: WebhookRegistration, index: int | None = None) -> S
 def _registration_name(url: str) -> str:
     from urllib.parse import urlsplit
 
-    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")
+    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")[:100]
     return f"webhook_{host}_{hashlib.sha1(url.encode()).hexdigest()[:6]}"
 
 
@@ -455,6 +456,7 @@ class WebhookServer:
     # -- stream management (SQL, REST, Python) -------------------------------------------
     async def create_stream(self, cfg: StreamConfig, origin: str = "sql") -> StreamConfig:
         assert self.store is not None
+        check_stream(cfg)  # name rule, destination address, options (all ways in share it)
         async with self._lock:
             if cfg.name in self.runners or any(r["name"] == cfg.name for r in self.store.list_streams()):
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
@@ -474,6 +476,9 @@ class WebhookServer:
             try:
                 await self._sync_publication()
                 await self._start_runner(self.store.get_stream(cfg.name))
+            except (ValueError, TypeError) as exc:  # e.g. an option of the wrong type
+                self.store.drop_stream(cfg.name)
+                raise ConfigError(f"destination.options: {exc}", stream=cfg.name) from None
             except Exception:
                 self.store.drop_stream(cfg.name)
                 raise

@@ -3,6 +3,7 @@ API (with an OpenAPI document), Prometheus metrics and the live status page."""
 
 from __future__ import annotations
 
+import codecs
 import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,9 @@ from pydantic import ValidationError
 
 from .._config import StreamConfig, WebhookRegistration
 from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
+from .._input import check_stream, json_depth
 from .._metrics import REGISTRY
+from .._names import check_name, safe_repr
 from ._openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("heliosdb_cdc.server")
 
 MAX_BODY = 1024 * 1024
+#: deepest JSON nesting a request body may have (a stream's options: _input.MAX_OPTION_DEPTH)
+MAX_BODY_DEPTH = 64
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -98,7 +103,9 @@ def build_app(service: WebhookServer) -> web.Application:
     async def sql(request: web.Request) -> web.Response:
         from ..sql import execute
 
-        text = await request.text()
+        text = await _read_text(request)
+        if isinstance(text, web.Response):
+            return text
         try:
             results = await execute(text, manager)
         except SqlError as exc:
@@ -117,13 +124,15 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.post("/api/streams")
     async def create_stream(request: web.Request) -> web.Response:
+        data = await _read_json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
-            data = await request.json(loads=orjson.loads)
-            cfg = StreamConfig.model_validate(data)
+            cfg = check_stream(StreamConfig.model_validate(data))
         except ValidationError as exc:
             return _error(_validation_message(exc), 422)
-        except ValueError:
-            return _error("request body must be a JSON object", 400)
+        except CdcError as exc:
+            return _error(exc.message, 422)
         try:
             await service.create_stream(cfg, origin="api")
         except StreamExists as exc:
@@ -182,13 +191,17 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.post("/api/webhooks")
     async def register(request: web.Request) -> web.Response:
+        data = await _read_json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
-            data = await request.json(loads=orjson.loads)
             reg = WebhookRegistration.model_validate(data)
+            if reg.name is not None:
+                check_name(reg.name)
         except ValidationError as exc:
             return _error(_validation_message(exc), 422)
-        except ValueError:
-            return _error("request body must be a JSON object", 400)
+        except CdcError as exc:
+            return _error(exc.message, 422)
         try:
             name = await service.register(reg)
         except StreamExists as exc:
@@ -219,12 +232,12 @@ def build_app(service: WebhookServer) -> web.Application:
     async def replay(request: web.Request) -> web.Response:
         body: dict[str, Any] = {}
         if request.can_read_body:
-            try:
-                body = await request.json(loads=orjson.loads)
-            except ValueError:
+            data = await _read_json(request)
+            if isinstance(data, web.Response):
+                return data
+            if not isinstance(data, dict):
                 return _error("request body must be a JSON object", 400)
-            if not isinstance(body, dict):
-                return _error("request body must be a JSON object", 400)
+            body = data
         ids = body.get("ids")
         if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
             return _error("ids must be a list of integers", 400)
@@ -269,6 +282,37 @@ def overview(service: WebhookServer) -> dict[str, Any]:
     }
 
 
+async def _read_text(request: web.Request) -> str | web.Response:
+    """The body as text in its declared charset (UTF-8 if none), or a 4xx saying why not."""
+    raw = await request.read()
+    charset = request.charset or "utf-8"
+    try:
+        if not codecs.lookup(charset)._is_text_encoding:
+            raise LookupError(charset)
+    except LookupError:
+        return _error(f"unknown charset {safe_repr(charset)} in Content-Type; send UTF-8 text", 415)
+    try:
+        return raw.decode(charset)
+    except UnicodeDecodeError as exc:
+        return _error(
+            f"the body is not valid {safe_repr(charset)} text: {exc.reason} at byte {exc.start}", 400
+        )
+    except (UnicodeError, ValueError) as exc:
+        return _error(f"the body is not valid {safe_repr(charset)} text: {exc}", 400)
+
+
+async def _read_json(request: web.Request) -> Any:
+    """The body parsed as JSON (always UTF-8, RFC 8259), or a 400 saying what is wrong."""
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _error(f"request body must be a JSON object: {exc}", 400)
+    if json_depth(data, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
+        return _error(f"request body is nested more than {MAX_BODY_DEPTH} levels deep", 400)
+    return data
+
+
 def _result_dict(r: Any) -> dict[str, Any]:
     if hasattr(r, "to_json"):
         out = r.to_json()
@@ -285,6 +329,9 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 async def start_http(service: WebhookServer) -> web.AppRunner:
+    from .._logging import install_bad_request_filter
+
+    install_bad_request_filter()  # a malformed request: one WARNING line, rate-limited
     app = build_app(service)
     ssl_ctx = _tls_context(service, app)  # security.tls: HTTPS, TLS 1.2+, reload on SIGHUP
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)  # idle connections closed
