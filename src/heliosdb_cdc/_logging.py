@@ -88,6 +88,11 @@ class BadRequestLogFilter(logging.Filter):
         self._last = float("-inf")
         self._dropped = 0
 
+    def reset(self) -> None:
+        """Forget the last line written (the next malformed request is logged)."""
+        self._last = float("-inf")
+        self._dropped = 0
+
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import HttpProcessingError
 
@@ -101,7 +106,7 @@ class BadRequestLogFilter(logging.Filter):
         self._last = now
         more = f" ({self._dropped} more since the last such line)" if self._dropped else ""
         self._dropped = 0
-        detail = getattr(exc, "message", "") or type(exc).__name__
+        detail = (getattr(exc, "message", "") or type(exc).__name__)[:200]
         record.msg = "malformed HTTP request from %s refused with %s: %s%s"
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         record.args = (remote, getattr(exc, "code", 400), detail, more)
@@ -110,8 +115,12 @@ class BadRequestLogFilter(logging.Filter):
         return True
 
 
-def install_bad_request_filter(logger: logging.Logger | None = None) -> None:
-    """Put one :class:`BadRequestLogFilter` on aiohttp's server logger (idempotent)."""
+def install_bad_request_filter(logger: logging.Logger | None = None) -> BadRequestLogFilter:
+    """The :class:`BadRequestLogFilter` on aiohttp's server logger, put there once."""
     logger = logger or logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, BadRequestLogFilter) for f in logger.filters):
-        logger.addFilter(BadRequestLogFilter())
+    for f in logger.filters:
+        if isinstance(f, BadRequestLogFilter):
+            return f
+    flt = BadRequestLogFilter()
+    logger.addFilter(flt)
+    return flt
