@@ -4,7 +4,9 @@ says what is wrong, and nothing created."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 
 from heliosdb_cdc import WebhookRegistration, WebhookServer
 from heliosdb_cdc._config import Destination, StreamConfig, config_from_dict
+from heliosdb_cdc._embedded import free_port
 from heliosdb_cdc._errors import ConfigError, SqlError
 from heliosdb_cdc.sql import MemoryStreamManager, execute
 from tests.plugins.postgres import PgDatabase
@@ -170,3 +173,39 @@ async def test_malformed_bodies_get_a_clear_4xx(pg_db: PgDatabase, tmp_path: Pat
                 async with http.post("/api/dead-letters/replay", data=raw) as r:
                     assert 400 <= r.status < 500
         assert server.store.list_streams() == []
+
+
+async def test_unreachable_brokers_never_stall_the_api(pg_db: PgDatabase, tmp_path: Path) -> None:
+    """Kafka streams to a broker that is not there: each waits for it in the background
+    (up to timeout_s per try), and no request waits for them: more such streams than
+    the event loop's default thread pool has threads used to stall every later CREATE,
+    DROP and status for 30 s and more. The client timeout only guards against a hang."""
+    pg_db.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    broker = f"127.0.0.1:{free_port()}"  # nothing listens there
+    n = min(32, (os.cpu_count() or 1) + 4) + 1  # asyncio's default executor size, plus one
+    guard = aiohttp.ClientTimeout(total=25)
+    async with WebhookServer(make_config(pg_db, tmp_path)) as server:
+        url = "http://" + server.config.webhook.bind_address
+        async with aiohttp.ClientSession(url, timeout=guard) as http:
+            for i in range(n):
+                dest = {"type": "kafka", "address": broker, "topic": "orders"}
+                async with http.post("/api/streams", json={"name": f"k{i}", "tables": ["orders"], "destination": dest}) as r:
+                    assert r.status == 201, await r.text()
+            # one that gives up quickly reports the broker in its status
+            dest = {"type": "kafka", "address": broker, "topic": "orders", "options": {"timeout_s": 1}}
+            async with http.post("/api/streams", json={"name": "quick", "tables": ["orders"], "destination": dest}) as r:
+                assert r.status == 201, await r.text()
+            body = {"name": "mem", "tables": ["orders"], "destination": {"type": "memory", "address": "m"}}
+            async with http.post("/api/streams", json=body) as r:
+                assert r.status == 201, await r.text()
+            async with http.delete("/api/streams/k0") as r:
+                assert r.status == 204
+            async with http.post("/sql", data=b"SHOW CDC STREAM STATUS k1;") as r:
+                assert r.status == 200
+            for _ in range(200):
+                async with http.get("/api/streams/quick/status") as r:
+                    error = (await r.json())["last_error"]
+                if error:
+                    break
+                await asyncio.sleep(0.1)
+            assert error and "cannot start the destination" in error and broker in error
