@@ -209,3 +209,46 @@ async def test_unreachable_brokers_never_stall_the_api(pg_db: PgDatabase, tmp_pa
                     break
                 await asyncio.sleep(0.1)
             assert error and "cannot start the destination" in error and broker in error
+
+
+async def test_table_pattern_matching_nothing_is_a_warning(pg_db: PgDatabase, tmp_path: Path) -> None:
+    pg_db.execute("CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE orderx (id int PRIMARY KEY)")
+    async with WebhookServer(make_config(pg_db, tmp_path)) as server:
+        url = "http://" + server.config.webhook.bind_address
+        async with aiohttp.ClientSession(url) as http:
+            memory = {"type": "memory", "address": "m"}
+            body = {"name": "none", "tables": ["nosuch_*"], "destination": memory}
+            async with http.post("/api/streams", json=body) as r:
+                assert r.status == 201
+                warning = (await r.json())["warnings"]
+            assert "table pattern 'nosuch_*' matches no table now" in warning
+            async with http.get("/api/streams/none/status") as r:
+                assert (await r.json())["warnings"] == warning
+            sql = b"CREATE CHANGE DATA CAPTURE ON nosuch.* TO WEBHOOK 'http://127.0.0.1:1/' AS sch"
+            async with http.post("/sql", data=sql) as r:
+                assert r.status == 200, await r.text()
+                message = (await r.json())["results"][0]["message"]
+            assert "WARNING: table pattern 'nosuch.*' matches no table now" in message
+            async with http.post("/sql", data=b"SHOW CDC STREAM STATUS sch") as r:
+                rows = dict((await r.json())["results"][0]["rows"])
+            assert "nosuch.*" in rows["warnings"]
+            # '_' is a literal underscore, not LIKE's any-character: order_* matches no table
+            body = {"name": "under", "tables": ["order_*"], "destination": memory}
+            async with http.post("/api/streams", json=body) as r:
+                assert r.status == 201 and "'order_*' matches no table" in (await r.json())["warnings"]
+            body = {"name": "some", "tables": ["order?"], "destination": memory}
+            async with http.post("/api/streams", json=body) as r:
+                assert r.status == 201 and (await r.json())["warnings"] is None
+            # a pattern that can never match is an error, and nothing is created
+            for pattern in ("pg_*.t*", "x" * 64 + "*"):
+                body = {"name": "never", "tables": [pattern], "destination": memory}
+                async with http.post("/api/streams", json=body) as r:
+                    assert r.status == 422 and "can never match" in (await r.json())["error"]
+            # the table created later joins at the next stream change, and the warning goes
+            pg_db.execute("CREATE TABLE nosuch_t (id int PRIMARY KEY)")
+            async with http.delete("/api/streams/some") as r:
+                assert r.status == 204
+            async with http.get("/api/streams/none/status") as r:
+                assert (await r.json())["warnings"] is None
+        pub = pg_db.execute("SELECT tablename FROM pg_publication_tables WHERE pubname='heliosdb_cdc'")
+        assert sorted(t for (t,) in pub) == ["nosuch_t"]  # not orderx through 'order_*'

@@ -30,7 +30,7 @@ from ._config import (
 )
 from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
 from ._event import OperationType
-from ._input import check_stream
+from ._input import check_stream, pattern_warnings
 from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
 from .delivery._circuit import CircuitBreakerRegistry, CircuitState
 from .delivery._locallog import LocalLog
@@ -125,6 +125,7 @@ class WebhookServer:
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
         self.snapshots: dict[str, Any] = {}
+        self.table_warnings: dict[str, list[str]] = {}
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------
@@ -261,11 +262,17 @@ class WebhookServer:
             names = list(self.config.source.tables)
             for row in self.store.list_streams():
                 names.extend(row["config"]["tables"])
+            resolved: dict[str, list[str]] = {}
             for name in names:
                 try:
-                    wanted.update(await asyncio.to_thread(resolve_tables, conn, [name]))
+                    resolved[name] = await asyncio.to_thread(resolve_tables, conn, [name])
+                    wanted.update(resolved[name])
                 except SourceError as exc:
                     log.warning("%s: not captured", exc)
+            self.table_warnings = {  # patterns that match no table now (stream status)
+                row["name"]: pattern_warnings(row["config"]["tables"], resolved)
+                for row in self.store.list_streams()
+            }
             await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
         finally:
             conn.close()
@@ -585,6 +592,7 @@ class WebhookServer:
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
             "snapshot": _snapshot_summary(self.snapshot_status(name)),
+            "warnings": "; ".join(self.table_warnings.get(name, [])) or None,
         }
 
     # -- snapshots and backfills ------------------------------------------------------------

@@ -95,9 +95,11 @@ async def _create(stmt: CreateStream, manager: StreamManager) -> SqlResult:
         + (f" topic {dest.topic}" if dest.topic else "")
         + (f" region {dest.region}" if dest.region else "")
     )
+    warnings = (await manager.stream_status(created.name)).get("warnings")
     return SqlResult(
         message=f"stream {created.name} created: {', '.join(created.tables)} -> "
         f"{dest.type.upper()} {where}, format {created.format.upper()}"
+        + (f" (WARNING: {warnings})" if warnings else "")
     )
 
 
