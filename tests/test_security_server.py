@@ -356,6 +356,16 @@ async def test_oversized_headers_are_refused(serve: Any) -> None:
     assert status in (400, 431)
 
 
+async def test_read_only_sql_with_a_bad_body_is_a_4xx(serve: Any) -> None:
+    """The read-only check reads /sql bodies too: the same clear 4xx as for the admin."""
+    _, url = await serve(make_config(read_only_token=READER))
+    status, text = await request("POST", url + "/sql", token=READER, data=b"SHOW CDC STREAMS \xff;")
+    assert status == 400 and "not valid 'utf-8' text" in text
+    headers = {"Content-Type": "text/plain; charset=no-such-charset"}
+    status, text = await request("POST", url + "/sql", token=READER, data=b"SHOW CDC STREAMS;", headers=headers)
+    assert status == 415 and "unknown charset 'no-such-charset'" in text
+
+
 async def test_oversized_headers_log_one_line_rate_limited(
     serve: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

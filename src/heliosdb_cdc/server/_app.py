@@ -3,7 +3,6 @@ API (with an OpenAPI document), Prometheus metrics and the live status page."""
 
 from __future__ import annotations
 
-import codecs
 import logging
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -15,9 +14,11 @@ from pydantic import ValidationError
 
 from .._config import StreamConfig, WebhookRegistration
 from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
-from .._input import check_stream, json_depth
+from .._input import check_stream
 from .._metrics import REGISTRY
-from .._names import check_name, safe_repr
+from .._names import check_name
+from ._body import read_json as _read_json
+from ._body import read_text as _read_text
 from ._openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("heliosdb_cdc.server")
 
 MAX_BODY = 1024 * 1024
-#: deepest JSON nesting a request body may have (a stream's options: _input.MAX_OPTION_DEPTH)
-MAX_BODY_DEPTH = 64
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -280,37 +279,6 @@ def overview(service: WebhookServer) -> dict[str, Any]:
         "local_log_bytes": service.log.size_bytes if service.log else 0,
         "streams": streams,
     }
-
-
-async def _read_text(request: web.Request) -> str | web.Response:
-    """The body as text in its declared charset (UTF-8 if none), or a 4xx saying why not."""
-    raw = await request.read()
-    charset = request.charset or "utf-8"
-    try:
-        if not codecs.lookup(charset)._is_text_encoding:
-            raise LookupError(charset)
-    except LookupError:
-        return _error(f"unknown charset {safe_repr(charset)} in Content-Type; send UTF-8 text", 415)
-    try:
-        return raw.decode(charset)
-    except UnicodeDecodeError as exc:
-        return _error(
-            f"the body is not valid {safe_repr(charset)} text: {exc.reason} at byte {exc.start}", 400
-        )
-    except (UnicodeError, ValueError) as exc:
-        return _error(f"the body is not valid {safe_repr(charset)} text: {exc}", 400)
-
-
-async def _read_json(request: web.Request) -> Any:
-    """The body parsed as JSON (always UTF-8, RFC 8259), or a 400 saying what is wrong."""
-    raw = await request.read()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return _error(f"request body must be a JSON object: {exc}", 400)
-    if json_depth(data, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
-        return _error(f"request body is nested more than {MAX_BODY_DEPTH} levels deep", 400)
-    return data
 
 
 def _result_dict(r: Any) -> dict[str, Any]:
