@@ -252,3 +252,19 @@ async def test_table_pattern_matching_nothing_is_a_warning(pg_db: PgDatabase, tm
                 assert (await r.json())["warnings"] is None
         pub = pg_db.execute("SELECT tablename FROM pg_publication_tables WHERE pubname='heliosdb_cdc'")
         assert sorted(t for (t,) in pub) == ["nosuch_t"]  # not orderx through 'order_*'
+
+
+def test_cli_sql_file_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.sql"
+    bad.write_bytes(b"SHOW CDC STREAMS \xff;")
+    for path, message in ((bad, "is not UTF-8 text: invalid start byte at byte 17"), (tmp_path / "none.sql", "No such file")):
+        res = subprocess.run(
+            [sys.executable, "-m", "heliosdb_cdc.cli", "sql", "--server", "http://127.0.0.1:1", "-f", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
