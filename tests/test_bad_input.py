@@ -127,7 +127,17 @@ async def test_every_way_in_refuses_bad_names(pg_db: PgDatabase, tmp_path: Path)
                 assert r.status == 404 and "'a\\nb'" in (await r.json())["error"]
             async with http.get("/api/streams") as r:
                 assert (await r.json())["streams"] == []
-        assert server.store.list_streams() == []
+            assert server.store.list_streams() == []
+            # streams named before the rule (catalog rows) still run and can be dropped
+            for legacy in ("a\nb", ""):
+                server.store.create_stream(legacy, _cfg("x").model_dump(mode="json") | {"name": legacy}, "api", "running")
+        async with WebhookServer(make_config(pg_db, tmp_path)) as server:
+            assert server.store is not None and set(server.runners) == {"a\nb", ""}
+            url = "http://" + server.config.webhook.bind_address
+            async with aiohttp.ClientSession(url) as http, http.delete("/api/streams/a%0Ab") as r:
+                assert r.status == 204
+            await server.drop_stream("")
+            assert server.store.list_streams() == []
 
 
 async def test_malformed_bodies_get_a_clear_4xx(pg_db: PgDatabase, tmp_path: Path) -> None:
