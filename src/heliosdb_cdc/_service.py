@@ -39,6 +39,7 @@ from ._errors import (
     StreamNotFound,
 )
 from ._event import OperationType
+from ._input import check_stream, pattern_warnings
 from ._metrics import (
     SLOT_LAG_BYTES,
     SLOT_LAG_SECONDS,
@@ -80,7 +81,7 @@ def stream_to_json(cfg: StreamConfig) -> dict[str, Any]:
 
 
 def registration_stream(reg: WebhookRegistration, index: int | None = None) -> StreamConfig:
-    name = reg.name or _registration_name(reg.url)
+    name = reg.name if reg.name is not None else _registration_name(reg.url)
     return StreamConfig(
         name=name,
         tables=reg.tables or ["*"],
@@ -94,7 +95,7 @@ def registration_stream(reg: WebhookRegistration, index: int | None = None) -> S
 def _registration_name(url: str) -> str:
     from urllib.parse import urlsplit
 
-    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")
+    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")[:100]
     return f"webhook_{host}_{hashlib.sha1(url.encode()).hexdigest()[:6]}"
 
 
@@ -143,6 +144,7 @@ class WebhookServer:
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
         self.snapshots: dict[str, Any] = {}
+        self.table_warnings: dict[str, list[str]] = {}
         self._started = False
         # an error retrying cannot fix, found while running (a dropped slot): ``run`` exits on it
         self.fatal_error: SourceFatalError | None = None
@@ -338,11 +340,17 @@ class WebhookServer:
             names = list(self.config.source.tables)
             for row in self.store.list_streams():
                 names.extend(row["config"]["tables"])
+            resolved: dict[str, list[str]] = {}
             for name in names:
                 try:
-                    wanted.update(await asyncio.to_thread(resolve_tables, conn, [name]))
+                    resolved[name] = await asyncio.to_thread(resolve_tables, conn, [name])
+                    wanted.update(resolved[name])
                 except SourceError as exc:
                     log.warning("%s: not captured", exc)
+            self.table_warnings = {  # patterns that match no table now (stream status)
+                row["name"]: pattern_warnings(row["config"]["tables"], resolved)
+                for row in self.store.list_streams()
+            }
             await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
         finally:
             conn.close()
@@ -639,6 +647,7 @@ class WebhookServer:
     # -- stream management (SQL, REST, Python) -------------------------------------------
     async def create_stream(self, cfg: StreamConfig, origin: str = "sql") -> StreamConfig:
         assert self.store is not None
+        check_stream(cfg)  # name rule, destination address, options (all ways in share it)
         async with self._lock:
             if cfg.name in self.runners or any(r["name"] == cfg.name for r in self.store.list_streams()):
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
@@ -658,6 +667,9 @@ class WebhookServer:
             try:
                 await self._sync_publication()
                 await self._start_runner(self.store.get_stream(cfg.name))
+            except (ValueError, TypeError) as exc:  # e.g. an option of the wrong type
+                self.store.drop_stream(cfg.name)
+                raise ConfigError(f"destination.options: {exc}", stream=cfg.name) from None
             except Exception:
                 self.store.drop_stream(cfg.name)
                 raise
@@ -767,6 +779,7 @@ class WebhookServer:
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
             "snapshot": _snapshot_summary(self.snapshot_status(name)),
+            "warnings": "; ".join(self.table_warnings.get(name, [])) or None,
         }
 
     # -- snapshots and backfills ------------------------------------------------------------

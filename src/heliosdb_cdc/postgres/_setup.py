@@ -72,6 +72,13 @@ def split_table(name: str) -> tuple[str, str]:
     return (schema or "public", table)
 
 
+def like_pattern(glob: str) -> str:
+    """A LIKE pattern for a table pattern: ``*`` any run, ``?`` one character; ``_``,
+    ``%`` and ``\\`` stand for themselves (``order_*`` does not match ``orderx``)."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
 def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -> list[str]:
     """Expand ``*`` patterns and check each table exists; return ``schema.table`` names."""
     out: list[str] = []
@@ -89,10 +96,7 @@ def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -
                     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
                     "AND n.nspname NOT LIKE 'pg\\_%%' "
                     "ORDER BY 1",
-                    (
-                        schema.replace("*", "%").replace("?", "_"),
-                        table.replace("*", "%").replace("?", "_"),
-                    ),
+                    (like_pattern(schema), like_pattern(table)),
                 )
                 out.extend(r[0] for r in cur.fetchall())
                 continue

@@ -14,7 +14,11 @@ from pydantic import ValidationError
 
 from .._config import StreamConfig, WebhookRegistration
 from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
+from .._input import check_stream
 from .._metrics import REGISTRY
+from .._names import check_name
+from ._body import read_json as _read_json
+from ._body import read_text as _read_text
 from ._openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -102,7 +106,9 @@ def build_app(service: WebhookServer) -> web.Application:
     async def sql(request: web.Request) -> web.Response:
         from ..sql import execute
 
-        text = await request.text()
+        text = await _read_text(request)
+        if isinstance(text, web.Response):
+            return text
         try:
             results = await execute(text, manager)
         except SqlError as exc:
@@ -121,13 +127,15 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.post("/api/streams")
     async def create_stream(request: web.Request) -> web.Response:
+        data = await _read_json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
-            data = await request.json(loads=orjson.loads)
-            cfg = StreamConfig.model_validate(data)
+            cfg = check_stream(StreamConfig.model_validate(data))
         except ValidationError as exc:
             return _error(_validation_message(exc, StreamConfig, data), 422)
-        except ValueError:
-            return _error("request body must be a JSON object", 400)
+        except CdcError as exc:
+            return _error(exc.message, 422)
         try:
             await service.create_stream(cfg, origin="api")
         except StreamExists as exc:
@@ -186,13 +194,17 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.post("/api/webhooks")
     async def register(request: web.Request) -> web.Response:
+        data = await _read_json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
-            data = await request.json(loads=orjson.loads)
             reg = WebhookRegistration.model_validate(data)
+            if reg.name is not None:
+                check_name(reg.name)
         except ValidationError as exc:
             return _error(_validation_message(exc, WebhookRegistration, data), 422)
-        except ValueError:
-            return _error("request body must be a JSON object", 400)
+        except CdcError as exc:
+            return _error(exc.message, 422)
         try:
             name = await service.register(reg)
         except StreamExists as exc:
@@ -223,12 +235,12 @@ def build_app(service: WebhookServer) -> web.Application:
     async def replay(request: web.Request) -> web.Response:
         body: dict[str, Any] = {}
         if request.can_read_body:
-            try:
-                body = await request.json(loads=orjson.loads)
-            except ValueError:
+            data = await _read_json(request)
+            if isinstance(data, web.Response):
+                return data
+            if not isinstance(data, dict):
                 return _error("request body must be a JSON object", 400)
-            if not isinstance(body, dict):
-                return _error("request body must be a JSON object", 400)
+            body = data
         ids = body.get("ids")
         if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
             return _error("ids must be a list of integers", 400)
@@ -288,6 +300,9 @@ def _validation_message(exc: ValidationError, model: Any, data: Any) -> str:
 
 
 async def start_http(service: WebhookServer) -> web.AppRunner:
+    from .._logging import install_bad_request_filter
+
+    install_bad_request_filter()  # a malformed request: one WARNING line, rate-limited
     app = build_app(service)
     ssl_ctx = _tls_context(service, app)  # security.tls: HTTPS, TLS 1.2+, reload on SIGHUP
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)  # idle connections closed

@@ -6,6 +6,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._config import StreamConfig
 from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
+from .._input import check_stream
 from ._ast import AlterStream, CreateStream, DropStream, ShowStreams, ShowStreamStatus, Statement
 from ._parser import parse_one, split_statements
 from ._result import SqlResult
@@ -67,7 +68,7 @@ async def _require(manager: StreamManager, name: str) -> None:
 
 async def _create(stmt: CreateStream, manager: StreamManager) -> SqlResult:
     if stmt.name is not None:
-        cfg = stmt.to_config()
+        cfg = check_stream(stmt.to_config())
         if cfg.name in await manager.stream_names():
             raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
         created = await manager.create_stream(cfg)
@@ -82,7 +83,7 @@ async def _create(stmt: CreateStream, manager: StreamManager) -> SqlResult:
                 n += 1
             if n > MAX_GENERATED:
                 raise SqlError(f"too many streams named {base}_<n>; give one with AS 'name'")
-            cfg = stmt.to_config(base if n == 1 else f"{base}_{n}")
+            cfg = check_stream(stmt.to_config(base if n == 1 else f"{base}_{n}"))
             try:
                 created = await manager.create_stream(cfg)
                 break
@@ -94,9 +95,11 @@ async def _create(stmt: CreateStream, manager: StreamManager) -> SqlResult:
         + (f" topic {dest.topic}" if dest.topic else "")
         + (f" region {dest.region}" if dest.region else "")
     )
+    warnings = (await manager.stream_status(created.name)).get("warnings")
     return SqlResult(
         message=f"stream {created.name} created: {', '.join(created.tables)} -> "
         f"{dest.type.upper()} {where}, format {created.format.upper()}"
+        + (f" (WARNING: {warnings})" if warnings else "")
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from .._config import StreamConfig
 from .._errors import SqlError, StreamExists, StreamNotFound
+from .._input import check_stream
 
 
 class MemoryStreamManager:
@@ -35,6 +36,7 @@ class MemoryStreamManager:
             raise StreamNotFound(f"stream {name!r} does not exist", stream=name) from None
 
     async def create_stream(self, cfg: StreamConfig) -> StreamConfig:
+        check_stream(cfg)
         async with self._lock:
             if cfg.name in self.streams:
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
