@@ -31,12 +31,14 @@ from ._config import (
 from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
 from ._event import OperationType
 from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
-from .delivery._circuit import CircuitBreakerRegistry, CircuitState
+from .delivery._circuit import CircuitBreakerRegistry
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
 from .postgres import format_lsn
+from .postgres._publication import PublishedTables
 from .postgres._replication import Capture
 from .postgres._setup import (
+    alter_publication,
     check_server,
     connect,
     ensure_publication,
@@ -124,6 +126,7 @@ class WebhookServer:
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
         self.snapshots: dict[str, Any] = {}
+        self._published = PublishedTables()
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------
@@ -253,19 +256,46 @@ class WebhookServer:
             conn.close()
 
     async def _sync_publication(self) -> None:
-        wanted: set[str] = set()
+        """At start: make the publication hold exactly the wanted tables (one pass over the
+        catalog); CREATE and DROP then change only their stream's share (:meth:`_publish`)."""
+        assert self.store is not None
+        rows = self.store.list_streams()
         conn = await asyncio.to_thread(connect, self.dsn)
         try:
-            assert self.store is not None
-            names = list(self.config.source.tables)
-            for row in self.store.list_streams():
-                names.extend(row["config"]["tables"])
-            for name in names:
-                try:
-                    wanted.update(await asyncio.to_thread(resolve_tables, conn, [name]))
-                except SourceError as exc:
-                    log.warning("%s: not captured", exc)
-            await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
+            cache: dict[str, list[str]] = {}
+            pinned = await asyncio.to_thread(_resolve_each, conn, self.config.source.tables, cache)
+            published = PublishedTables(pinned)
+            for row in rows:
+                names = row["config"]["tables"]
+                published.add(row["name"], await asyncio.to_thread(_resolve_each, conn, names, cache))
+            await asyncio.to_thread(
+                ensure_publication, conn, self.config.source.publication, sorted(published.wanted())
+            )
+            self._published = published
+        finally:
+            conn.close()
+
+    def _publish(self, stream: str, tables: list[str] | None) -> None:
+        """Add ``stream``'s tables to the publication (``tables`` None: forget the stream and
+        drop the tables no other stream needs). Touches only those tables (blocking)."""
+        if tables is None:
+            add, drop = [], self._published.remove(stream)
+        else:
+            add, drop = self._published.add(stream, tables), []
+        if not add and not drop:
+            return
+        conn = connect(self.dsn)
+        try:
+            alter_publication(conn, self.config.source.publication, add=add, drop=drop)
+        finally:
+            conn.close()
+
+    def _stream_tables(self, cfg: StreamConfig) -> list[str]:
+        """The stream's tables as ``schema.table``; a name that resolves to nothing is
+        logged and skipped, like at start (blocking)."""
+        conn = connect(self.dsn)
+        try:
+            return _resolve_each(conn, cfg.tables, {})
         finally:
             conn.close()
 
@@ -456,11 +486,12 @@ class WebhookServer:
     async def create_stream(self, cfg: StreamConfig, origin: str = "sql") -> StreamConfig:
         assert self.store is not None
         async with self._lock:
-            if cfg.name in self.runners or any(r["name"] == cfg.name for r in self.store.list_streams()):
+            if cfg.name in self.runners or self.store.has_stream(cfg.name):
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
+            tables: list[str] | None = None
             if "*" not in cfg.tables:
                 try:
-                    await asyncio.to_thread(self._tables_of, cfg)
+                    tables = await asyncio.to_thread(self._tables_of, cfg)
                 except SourceError as exc:
                     raise SqlError(str(exc.message), stream=cfg.name) from None
             # validate filters/transforms before anything is stored
@@ -472,10 +503,15 @@ class WebhookServer:
             assert self.log is not None
             self.store.checkpoint(cfg.name, self.log.last_seq)
             try:
-                await self._sync_publication()
+                if tables is None:
+                    tables = await asyncio.to_thread(self._stream_tables, cfg)
+                # only this stream's tables are looked at: no cost per existing stream
+                await asyncio.to_thread(self._publish, cfg.name, tables)
                 await self._start_runner(self.store.get_stream(cfg.name))
             except Exception:
                 self.store.drop_stream(cfg.name)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._publish, cfg.name, None)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
         if cfg.snapshot == "initial":
@@ -498,7 +534,7 @@ class WebhookServer:
             if runner is not None:
                 await runner.stop(drain_timeout=2.0)
             self.store.drop_stream(name)
-            await self._sync_publication()
+            await asyncio.to_thread(self._publish, name, None)
         log.info("stream %s dropped", name)
 
     async def set_paused(self, name: str, paused: bool) -> None:
@@ -552,7 +588,7 @@ class WebhookServer:
             if first:
                 lag_seconds = max(0.0, time.time() - first[0].ts_us / 1e6)
         endpoint = runner.endpoint if runner else cfg["destination"]["address"]
-        breaker = self.circuit_breaker.states().get(endpoint, CircuitState.CLOSED)
+        breaker = self.circuit_breaker.state_of(endpoint)
         return {
             "name": name,
             "state": self.stream_state(name, row),
@@ -659,6 +695,9 @@ class WebhookServer:
 
     async def unregister(self, url_or_name: str) -> None:
         assert self.store is not None
+        if self.store.has_stream(url_or_name):
+            await self.drop_stream(url_or_name)
+            return
         for row in self.store.list_streams():
             dest = row["config"]["destination"]
             if row["name"] == url_or_name or (dest["type"] == "webhook" and dest["address"] == url_or_name):
@@ -737,6 +776,23 @@ class WebhookServer:
         if done:
             self.store.delete_dead_letters(done)
         return len(done)
+
+
+def _resolve_each(conn: Any, names: list[str], cache: dict[str, list[str]]) -> list[str]:
+    """Resolve each table name (``cache``: name -> tables, shared across streams); a name
+    that fails is logged as not captured and skipped."""
+    out: set[str] = set()
+    for name in names:
+        found = cache.get(name)
+        if found is None:
+            try:
+                found = resolve_tables(conn, [name])
+            except SourceError as exc:
+                log.warning("%s: not captured", exc)
+                found = []
+            cache[name] = found
+        out.update(found)
+    return sorted(out)
 
 
 def _snapshot_summary(snap: dict[str, Any] | None) -> str | None:

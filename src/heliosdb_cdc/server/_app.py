@@ -44,7 +44,11 @@ class ServiceStreamManager:
 
     async def stream_names(self) -> list[str]:
         assert self.s.store is not None
-        return [r["name"] for r in self.s.store.list_streams()]
+        return self.s.store.stream_names()
+
+    async def has_stream(self, name: str) -> bool:
+        assert self.s.store is not None
+        return self.s.store.has_stream(name)
 
     async def list_streams(self) -> list[dict[str, Any]]:
         return self.s.list_stream_rows()

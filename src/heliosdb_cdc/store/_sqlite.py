@@ -183,6 +183,15 @@ class Store:
         ).fetchall()
         return [self._row(r) for r in rows]
 
+    def has_stream(self, name: str) -> bool:
+        """Whether the stream exists: one primary-key lookup."""
+        return self._exec("SELECT 1 FROM streams WHERE name=?", (name,)).fetchone() is not None
+
+    def stream_names(self) -> list[str]:
+        """Names of every stream (no configuration parsed), in catalog order."""
+        rows = self._exec("SELECT name FROM streams ORDER BY created_at, name").fetchall()
+        return [r[0] for r in rows]
+
     def set_state(self, name: str, state: str) -> None:
         cur = self._exec("UPDATE streams SET state=? WHERE name=?", (state, name))
         if cur.rowcount == 0:
