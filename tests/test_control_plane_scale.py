@@ -1,9 +1,9 @@
 """The control plane does not slow with the number of streams (issue 14, defect 7).
 
 No timing assertions: what is counted is work. An idle service with a few hundred
-streams reads no log, runs no checkpoint and leaves no waiter behind; one CREATE or
-DROP sends the same statements to PostgreSQL and reads no catalog listing whether
-10 or 110 streams exist.
+streams reads no log, runs no checkpoint, leaves no waiter behind and starts no
+lane; one CREATE or DROP sends the same statements to PostgreSQL and reads no
+catalog listing whether 10 or 110 streams exist.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ async def running(pg_db: PgDatabase, tmp_path: Path) -> AsyncIterator[WebhookSer
         yield server
     finally:
         await server.stop()
+
+
+def lane_tasks() -> int:
+    return sum(1 for t in asyncio.all_tasks() if t.get_name().endswith("-lane"))
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -97,6 +101,8 @@ async def test_idle_streams_do_no_work_and_all_wake_on_a_change(pg_db: PgDatabas
         assert checkpoints == 0
         # at most one waiter per stream: a waiter that timed out used to stay registered
         assert len(log_._waiters) <= n
+        # no lane task before a lane has an event (a webhook stream has 100 lanes)
+        assert lane_tasks() == 0
 
         # one insert reaches every stream, and each checkpoints its new position
         pg_db.execute("INSERT INTO items (v) VALUES (1)")
@@ -110,6 +116,7 @@ async def test_idle_streams_do_no_work_and_all_wake_on_a_change(pg_db: PgDatabas
         assert len(store.all_cursors()) == n
         assert reads >= n and 0 < checkpoints <= 2 * n
         assert sum(r.stats.delivered for r in server.runners.values()) == n
+        assert lane_tasks() == n  # one row, one lane per stream
         # the throughput figure falls back to 0 once deliveries stop
         runner = server.runners["s0"]
         assert runner.stats.rate(window=60) == pytest.approx(1 / 60)

@@ -174,7 +174,7 @@ class StreamRunner:
         self._done: set[int] = set()
         self._delivered_buf: list[tuple[str, str, int, float]] = []
         self._skip_ids: set[str] = set()
-        self._lanes: list[_Lane] = []
+        self._lanes: list[_Lane | None] = []  # a lane and its task start with its first event
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._resume = asyncio.Event()
@@ -209,9 +209,8 @@ class StreamRunner:
         an unreachable broker never blocks CREATE or the service's start."""
         self.cursor = self._saved_cursor = self._last_read = cursor
         self._stop.clear()
-        self._lanes = [_Lane() for _ in range(max(1, self.sink.lanes))]
-        self._tasks = [asyncio.create_task(self._lane(q), name=f"{self.name}-lane") for q in self._lanes]
-        self._tasks.append(asyncio.create_task(self._reader(), name=f"{self.name}-reader"))
+        self._lanes = [None] * max(1, self.sink.lanes)
+        self._tasks = [asyncio.create_task(self._reader(), name=f"{self.name}-reader")]
         self._tasks.append(asyncio.create_task(self._checkpointer(), name=f"{self.name}-ckpt"))
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
@@ -317,7 +316,8 @@ class StreamRunner:
                     continue
                 self._pending.append(rec.seq)
                 assert isinstance(ev, OutboundEvent)
-                lanes[hash((rec.table, rec.key)) % n_lanes].put(ev)
+                i = hash((rec.table, rec.key)) % n_lanes
+                (lanes[i] or self._lane_at(i)).put(ev)
             if filtered:
                 self.stats.filtered += filtered
                 self._m_filtered.inc(filtered)
@@ -362,7 +362,7 @@ class StreamRunner:
         self._pending.append(rec.seq)
         n_lanes = len(self._lanes)
         for ev in events:
-            self._lanes[hash((ev.table, ev.key)) % n_lanes].put(ev)
+            self._lane_at(hash((ev.table, ev.key)) % n_lanes).put(ev)
 
     def _read_event(
         self, rec: Record, table: str, key: bytes, row: dict[str, Any], i: int
@@ -469,6 +469,15 @@ class StreamRunner:
             self._dirty.set()
 
     # -- lanes ---------------------------------------------------------------------
+    def _lane_at(self, i: int) -> _Lane:
+        """Lane ``i``, started on first use: a stream with 100 lanes and a few busy keys
+        keeps a few tasks, not 100."""
+        lane = self._lanes[i]
+        if lane is None:
+            lane = self._lanes[i] = _Lane()
+            self._tasks.append(asyncio.create_task(self._lane(lane), name=f"{self.name}-lane"))
+        return lane
+
     async def _lane(self, lane: _Lane) -> None:
         max_batch = max(1, self.sink.max_batch)
         items = lane.items
