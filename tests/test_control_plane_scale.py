@@ -17,10 +17,12 @@ from typing import Any
 
 import psycopg2.extensions
 import pytest
+from prometheus_client import generate_latest
 
 from heliosdb_cdc import WebhookServer
 from heliosdb_cdc import _service as service_module
 from heliosdb_cdc._config import StreamConfig
+from heliosdb_cdc._metrics import REGISTRY
 from heliosdb_cdc.postgres import _setup
 from heliosdb_cdc.postgres._publication import PublishedTables
 from heliosdb_cdc.sinks._memory import MemorySink
@@ -165,7 +167,10 @@ async def test_create_and_drop_cost_does_not_grow_with_the_streams(
         for i in range(10):
             await server.create_stream(memory_stream(f"x{i}", ["a"]))
         small = await cost(lambda: server.create_stream(memory_stream("probe1", ["a"])))
+        assert b'stream="probe1"' in generate_latest(REGISTRY)
         small_drop = await cost(lambda: server.drop_stream("probe1"))
+        # a dropped stream's series go with it (they used to pile up until a restart)
+        assert b'stream="probe1"' not in generate_latest(REGISTRY)
         for i in range(10, 110):
             await server.create_stream(memory_stream(f"x{i}", ["a"]))
         large = await cost(lambda: server.create_stream(memory_stream("probe2", ["a"])))

@@ -30,7 +30,7 @@ from ._config import (
 )
 from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
 from ._event import OperationType
-from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
+from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES, forget_stream
 from .delivery._circuit import CircuitBreakerRegistry
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
@@ -533,6 +533,7 @@ class WebhookServer:
             runner = self.runners.pop(name, None)
             if runner is not None:
                 await runner.stop(drain_timeout=2.0)
+                forget_stream(name, runner.endpoint)
             self.store.drop_stream(name)
             await asyncio.to_thread(self._publish, name, None)
         log.info("stream %s dropped", name)
