@@ -25,6 +25,7 @@ from heliosdb_cdc._config import StreamConfig
 from heliosdb_cdc._metrics import REGISTRY
 from heliosdb_cdc.postgres import _setup
 from heliosdb_cdc.postgres._publication import PublishedTables
+from heliosdb_cdc.server._app import overview
 from heliosdb_cdc.sinks._memory import MemorySink
 from tests.plugins.postgres import PgDatabase
 from tests.test_e2e_webhook import make_config
@@ -44,6 +45,18 @@ async def running(pg_db: PgDatabase, tmp_path: Path) -> AsyncIterator[WebhookSer
         yield server
     finally:
         await server.stop()
+
+
+def sqlite_statements(server: WebhookServer, action: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """``action()``'s result and the SQL statements it ran on the state database."""
+    assert server.store is not None
+    db = server.store._db
+    seen: list[str] = []
+    db.set_trace_callback(seen.append)
+    try:
+        return action(), seen
+    finally:
+        db.set_trace_callback(None)
 
 
 def lane_tasks() -> int:
@@ -166,6 +179,7 @@ async def test_create_and_drop_cost_does_not_grow_with_the_streams(
         await server.create_stream(memory_stream("first", ["a"]))
         for i in range(10):
             await server.create_stream(memory_stream(f"x{i}", ["a"]))
+        overview_small = sqlite_statements(server, lambda: overview(server))
         small = await cost(lambda: server.create_stream(memory_stream("probe1", ["a"])))
         assert b'stream="probe1"' in generate_latest(REGISTRY)
         small_drop = await cost(lambda: server.drop_stream("probe1"))
@@ -173,10 +187,14 @@ async def test_create_and_drop_cost_does_not_grow_with_the_streams(
         assert b'stream="probe1"' not in generate_latest(REGISTRY)
         for i in range(10, 110):
             await server.create_stream(memory_stream(f"x{i}", ["a"]))
+        overview_large = sqlite_statements(server, lambda: overview(server))
         large = await cost(lambda: server.create_stream(memory_stream("probe2", ["a"])))
         large_drop = await cost(lambda: server.drop_stream("probe2"))
         assert small == large, "a CREATE does more work with 110 streams than with 10"
         assert small_drop == large_drop, "a DROP does more work with 110 streams than with 10"
+        # the status overview (status page, GET /api/status) reads the catalog once for all
+        assert len(overview_small[0]["streams"]) == 11 and len(overview_large[0]["streams"]) == 111
+        assert overview_small[1] == overview_large[1]
         assert small[1] == 0 and small_drop[1] == 0  # no listing of the catalog
         # a table every stream already has: resolved, never altered
         assert not any("ALTER PUBLICATION" in q for q in small[0] + small_drop[0])

@@ -575,9 +575,19 @@ class WebhookServer:
             )
         return rows
 
-    def stream_status(self, name: str) -> dict[str, Any]:
+    def stream_status(
+        self,
+        name: str,
+        row: dict[str, Any] | None = None,
+        dead_letters: int | None = None,
+        snapshots: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """``row`` (its catalog row), ``dead_letters`` (its count) and ``snapshots`` (the
+        stored snapshots of all streams) when the caller has them already: the overview of
+        every stream reads each once for all streams, not once per stream."""
         assert self.store is not None and self.log is not None
-        row = self.store.get_stream(name)
+        if row is None:
+            row = self.store.get_stream(name)
         runner = self.runners.get(name)
         cfg = row["config"]
         st = runner.stats if runner else None
@@ -607,7 +617,7 @@ class WebhookServer:
             "events_delivered": st.delivered if st else 0,
             "events_failed": st.failed if st else 0,
             "events_retried": st.retried if st else 0,
-            "dead_letters": self.store.count_dead_letters(name),
+            "dead_letters": self.store.count_dead_letters(name) if dead_letters is None else dead_letters,
             "queue_memory": runner.queue_memory if runner else 0,
             "queue_overflow": runner.queue_overflow if runner else 0,
             "throughput_per_sec": round(st.rate(), 1) if st else 0.0,
@@ -616,7 +626,7 @@ class WebhookServer:
             "last_error": (st.last_error if st else None) or row["last_error"],
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
-            "snapshot": _snapshot_summary(self.snapshot_status(name)),
+            "snapshot": _snapshot_summary(self.snapshot_status(name, snapshots)),
         }
 
     # -- snapshots and backfills ------------------------------------------------------------
@@ -679,11 +689,15 @@ class WebhookServer:
         await snap.cancel()
         log.info("%s of stream %s cancelled", snap.kind, name)
 
-    def snapshot_status(self, name: str) -> dict[str, Any] | None:
+    def snapshot_status(
+        self, name: str, stored: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         snap = self.snapshots.get(name)
         if snap is not None:
             status: dict[str, Any] = snap.status
             return status
+        if stored is not None:
+            return stored.get(name)
         assert self.store is not None
         return self.store.get_snapshot(name)
 

@@ -360,6 +360,11 @@ class Store:
             )
         return int(self._exec("SELECT count(*) FROM dead_letters").fetchone()[0])
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per stream (streams with none are absent), in one query."""
+        rows = self._exec("SELECT stream, count(*) FROM dead_letters GROUP BY stream").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
     # -- snapshots and backfills -------------------------------------------------------
     def save_snapshot(self, stream: str, snap: dict[str, Any]) -> None:
         self._exec(
@@ -388,8 +393,18 @@ class Store:
             "error FROM snapshots WHERE stream=?",
             (stream,),
         ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._snapshot(row)
+
+    def all_snapshots(self) -> dict[str, dict[str, Any]]:
+        """The stored snapshot of every stream that has one, in one query."""
+        rows = self._exec(
+            "SELECT kind, tables, where_clause, state, progress, rows_sent, started_at, updated_at, "
+            "error, stream FROM snapshots"
+        ).fetchall()
+        return {r[9]: self._snapshot(r) for r in rows}
+
+    @staticmethod
+    def _snapshot(row: Sequence[Any]) -> dict[str, Any]:
         return {
             "kind": row[0],
             "tables": orjson.loads(row[1]),
