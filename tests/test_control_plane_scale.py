@@ -27,6 +27,7 @@ from heliosdb_cdc.postgres import _setup
 from heliosdb_cdc.postgres._publication import PublishedTables
 from heliosdb_cdc.server._app import overview
 from heliosdb_cdc.sinks._memory import MemorySink
+from heliosdb_cdc.store import Store
 from tests.plugins.postgres import PgDatabase
 from tests.test_e2e_webhook import make_config
 
@@ -220,3 +221,22 @@ def test_published_tables_counts_shares() -> None:
     p.add("s3", ["public.c"])
     with pytest.raises(ValueError, match="s3"):
         p.add("s3", ["public.d"])
+
+
+def test_store_lookups_for_one_stream_and_for_all(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    try:
+        for name in ("b", "a"):
+            store.create_stream(name, {"tables": ["t"]}, "api", "running")
+        assert store.has_stream("a") and not store.has_stream("c")
+        assert store.stream_names() == [r["name"] for r in store.list_streams()]
+        assert sorted(store.stream_names()) == ["a", "b"]
+        row = ("a", "http://x/", "evt_1", 1, "t", "INSERT", b"k", b"{}", "HTTP 500", 3, 0.0, 0.0)
+        store.add_dead_letters([row, row, ("b", *row[1:])])
+        assert store.dead_letter_counts() == {"a": 2, "b": 1}
+        assert store.all_snapshots() == {}
+        store.save_snapshot("b", {"kind": "backfill", "tables": ["public.t"], "state": "running"})
+        snaps = store.all_snapshots()
+        assert list(snaps) == ["b"] and snaps["b"] == store.get_snapshot("b")
+    finally:
+        store.close()
