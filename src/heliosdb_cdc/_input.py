@@ -76,7 +76,7 @@ def pattern_warnings(tables: list[str], resolved: dict[str, list[str]]) -> list[
     matches now) says matches no table."""
     return [
         f"table pattern {t!r} matches no table now; a matching table created later is "
-        "captured from the next restart or CREATE/DROP of a stream"
+        "captured from the next restart"
         for t in tables
         if is_pattern(t) and resolved.get(t) == []
     ]

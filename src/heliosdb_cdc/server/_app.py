@@ -48,7 +48,11 @@ class ServiceStreamManager:
 
     async def stream_names(self) -> list[str]:
         assert self.s.store is not None
-        return [r["name"] for r in self.s.store.list_streams()]
+        return self.s.store.stream_names()
+
+    async def has_stream(self, name: str) -> bool:
+        assert self.s.store is not None
+        return self.s.store.has_stream(name)
 
     async def list_streams(self) -> list[dict[str, Any]]:
         return self.s.list_stream_rows()
@@ -269,13 +273,14 @@ def build_app(service: WebhookServer) -> web.Application:
 
 
 def overview(service: WebhookServer) -> dict[str, Any]:
-    streams = []
     assert service.store is not None
-    for row in service.store.list_streams():
-        try:
-            streams.append(service.stream_status(row["name"]))
-        except StreamNotFound:
-            continue
+    # three catalog reads for all streams, not three per stream
+    dead = service.store.dead_letter_counts()
+    snapshots = service.store.all_snapshots()
+    streams = [
+        service.stream_status(row["name"], row, dead.get(row["name"], 0), snapshots)
+        for row in service.store.list_streams()
+    ]
     cap = service.capture.describe() if service.capture else {}
     return {
         "capture": cap,

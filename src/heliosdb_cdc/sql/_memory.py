@@ -59,6 +59,9 @@ class MemoryStreamManager:
     async def stream_names(self) -> list[str]:
         return list(self.streams)
 
+    async def has_stream(self, name: str) -> bool:
+        return name in self.streams
+
     async def list_streams(self) -> list[dict[str, Any]]:
         rows = []
         for name, cfg in self.streams.items():
