@@ -47,8 +47,8 @@ from ._metrics import (
     TABLE_MISSING,
 )
 from .delivery._circuit import CircuitBreakerRegistry, CircuitState
-from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
+from .journal import LocalLog
 from .postgres import format_lsn
 from .postgres._replication import Capture
 from .postgres._setup import (
