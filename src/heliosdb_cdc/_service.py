@@ -775,7 +775,7 @@ class WebhookServer:
     ) -> None:
         """Send the current rows of the stream's tables (all, or those matching ``where``;
         ``tables``: only those)."""
-        from .delivery._snapshot import Snapshotter
+        from .postgres import Snapshotter
 
         assert self.store is not None
         row = self.store.get_stream(name)

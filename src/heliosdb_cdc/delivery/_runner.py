@@ -40,11 +40,10 @@ from .._metrics import (
     RETRY_TOTAL,
     STREAM_CURSOR,
 )
-from ..journal import OP_CODES, OP_WATERMARK, LocalLog, Record
+from ..journal import OP_CODES, OP_WATERMARK, Chunk, LocalLog, Record
 from ..sinks._base import OutboundEvent, Outcome, Sink, SinkResult
 from ..store import Store, sink_mark_key
 from ._circuit import CircuitBreaker
-from ._snapshot import Chunk
 
 log = logging.getLogger("heliosdb_cdc.delivery")
 

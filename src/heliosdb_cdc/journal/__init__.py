@@ -7,6 +7,16 @@ Neither side imports the other. See docs/architecture.md ("Layers", "The local l
 """
 
 from .._record import OP_CODES, OP_NAMES, OP_WATERMARK, Record
+from ._chunk import Chunk
 from ._locallog import FileSystem, LocalLog, Position
 
-__all__ = ["OP_CODES", "OP_NAMES", "OP_WATERMARK", "FileSystem", "LocalLog", "Position", "Record"]
+__all__ = [
+    "OP_CODES",
+    "OP_NAMES",
+    "OP_WATERMARK",
+    "Chunk",
+    "FileSystem",
+    "LocalLog",
+    "Position",
+    "Record",
+]

@@ -68,7 +68,7 @@ TABLE_CHANGE_PREFIX = "heliosdb-cdc.table"
 
 @dataclass(slots=True, frozen=True)
 class Watermark:
-    """A snapshot watermark written with ``pg_logical_emit_message`` (see delivery._snapshot)."""
+    """A snapshot watermark written with ``pg_logical_emit_message`` (see postgres._snapshot)."""
 
     sequence: int
     commit_lsn: int
