@@ -350,21 +350,21 @@ class StreamRunner:
     ) -> OutboundEvent | None:
         from datetime import UTC, datetime
 
-        from .._event import _json_default, format_timestamp
+        from .._event import dumps, event_dict, format_timestamp, read_event_id, snapshot_transaction_id
 
-        event: dict[str, Any] = {
-            "event_id": f"evt_{rec.lsn:016x}_r{i:06d}",
-            "timestamp": format_timestamp(datetime.fromtimestamp(rec.ts_us / 1e6, tz=UTC)),
-            "sequence": rec.seq,
-            "operation": "READ",
-            "database": self.database,
-            "table": table,
-            "key": row["key"],
-            "value": row["value"],
-            "old_value": None,
-            "transaction_id": f"snapshot_{rec.lsn:x}",
-        }
-        body = orjson.dumps(event, default=_json_default)
+        event = event_dict(
+            event_id=read_event_id(rec.lsn, i),
+            timestamp=format_timestamp(datetime.fromtimestamp(rec.ts_us / 1e6, tz=UTC)),
+            sequence=rec.seq,
+            operation="READ",
+            database=self.database,
+            table=table,
+            key=row["key"],
+            value=row["value"],
+            old_value=None,
+            transaction_id=snapshot_transaction_id(rec.lsn),
+        )
+        body = dumps(event)
         if self.needs_event:
             event = decode_event(body)
             if self.predicate is not None and not self.predicate(event):

@@ -36,7 +36,7 @@ import psycopg2
 from psycopg2 import sql
 
 from .._errors import SourceError
-from .._event import _json_default
+from .._event import dumps
 from ..journal import Chunk
 from ._decoder import WATERMARK_PREFIX, table_name
 from ._replication import SESSION_OPTIONS
@@ -190,7 +190,7 @@ class Snapshotter:
                     ):
                         continue
                     key = {names[i]: value[names[i]] for i in key_idx}
-                    rows.append((orjson.dumps(key, default=_json_default), {"key": key, "value": value}))
+                    rows.append((dumps(key), {"key": key, "value": value}))
                 chunk = Chunk(watermark, tname, rows)
                 self.register(chunk)
                 await asyncio.to_thread(self._emit, conn, watermark, "high")
