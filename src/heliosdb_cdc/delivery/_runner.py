@@ -41,7 +41,7 @@ from .._metrics import (
     STREAM_CURSOR,
 )
 from ..journal import OP_CODES, OP_WATERMARK, Chunk, LocalLog, Record
-from ..sinks._base import OutboundEvent, Outcome, Sink, SinkResult
+from ..sinks import OutboundEvent, Outcome, Sink, SinkResult
 from ..store import Store, sink_mark_key
 from ._circuit import CircuitBreaker
 
@@ -137,7 +137,7 @@ class StreamRunner:
         self.needs_event = needs_event or predicate is not None or transform is not None
         # a destination that keeps its own exactly-once position (Kafka transactions) or
         # one that is only in memory needs no delivery records
-        self.record_deliveries = exactly_once.enabled and not getattr(sink, "tracks_position", False)
+        self.record_deliveries = exactly_once.enabled and not sink.tracks_position
         self.checkpoint_interval = checkpoint_interval
         self.poll_interval = poll_interval
         self.max_inflight = max_inflight
@@ -221,9 +221,8 @@ class StreamRunner:
         while True:
             try:
                 await self.sink.start()
-                committed = getattr(self.sink, "committed_sequence", None)
-                if committed is not None:
-                    seq = await committed()
+                if self.sink.tracks_position:
+                    seq = await self.sink.committed_sequence()
                     if seq is not None and seq > self.cursor:
                         log.info(
                             "stream %s: destination holds events through %d; resuming there",
@@ -231,12 +230,12 @@ class StreamRunner:
                             seq,
                         )
                         self.cursor = self._saved_cursor = self._last_read = seq
-                recover = getattr(self.sink, "recover", None)
-                if recover is not None:  # Kinesis: find what the last run put after its checkpoint
+                if self.sink.resumes_by_mark:  # Kinesis: find what the last run put after its checkpoint
                     key = sink_mark_key(self.name)
-                    await recover(await asyncio.to_thread(self.store.get_meta, key), self.log.last_seq)
+                    stored = await asyncio.to_thread(self.store.get_meta, key)
+                    await self.sink.recover(stored, self.log.last_seq)
                     # a mark from the start on: a crash in the first send finds its records too
-                    mark = self.sink.resume_mark(self.cursor)  # type: ignore[attr-defined]
+                    mark = self.sink.resume_mark(self.cursor)
                     if mark is not None:
                         meta = {key: mark}
                         await asyncio.to_thread(self.store.checkpoint, self.name, self.cursor, (), meta)
@@ -599,8 +598,7 @@ class StreamRunner:
         buf, self._delivered_buf = self._delivered_buf, []
         cursor = max(cursor, self._saved_cursor)
         # read with the cursor, before any await: the sink's mark matches this cursor
-        mark_for = getattr(self.sink, "resume_mark", None)
-        mark = mark_for(cursor) if mark_for is not None else None
+        mark = self.sink.resume_mark(cursor) if self.sink.resumes_by_mark else None
         meta = {sink_mark_key(self.name): mark} if mark is not None else None
         await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
         self._saved_cursor = max(cursor, self._saved_cursor)

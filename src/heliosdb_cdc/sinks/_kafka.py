@@ -49,7 +49,7 @@ from ._avro import (
     ConfluentSchemaRegistry,
     SchemaRegistryUnavailable,
 )
-from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
+from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 
 log = logging.getLogger("heliosdb_cdc.sinks.kafka")
 
@@ -100,7 +100,7 @@ class _Record:
     sequence: int
 
 
-class KafkaSink:
+class KafkaSink(Sink):
     """Sends batches to one Kafka topic; one transaction per batch when transactional."""
 
     def __init__(
