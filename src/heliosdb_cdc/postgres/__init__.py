@@ -3,6 +3,19 @@
 from ._decoder import ChangeDecoder, RelationInfo, TxnEnd, table_name
 from ._protocol import format_lsn, parse_lsn, parse_message
 from ._replication import Capture
+from ._setup import (
+    check_server,
+    connect,
+    emit_table_change,
+    ensure_publication,
+    ensure_slot,
+    relation_names,
+    resolve_tables,
+    slot_stats,
+    split_table,
+    table_columns,
+    table_oids,
+)
 from ._snapshot import SnapshotState, Snapshotter
 
 __all__ = [
@@ -12,8 +25,19 @@ __all__ = [
     "SnapshotState",
     "Snapshotter",
     "TxnEnd",
+    "check_server",
+    "connect",
+    "emit_table_change",
+    "ensure_publication",
+    "ensure_slot",
     "format_lsn",
     "parse_lsn",
     "parse_message",
+    "relation_names",
+    "resolve_tables",
+    "slot_stats",
+    "split_table",
+    "table_columns",
     "table_name",
+    "table_oids",
 ]
