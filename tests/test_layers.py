@@ -155,7 +155,7 @@ def violations(module: str, tree: ast.AST) -> list[str]:
             owner = ".".join(parts[:private])  # the package whose private module it is
             if owner != PKG and not (module == owner or module.startswith(owner + ".")):
                 found.append(f"{where}: private to {owner}, import it from {owner}")
-    return found
+    return list(dict.fromkeys(found))  # one line per import statement
 
 
 def test_every_module_has_a_layer() -> None:
