@@ -94,7 +94,9 @@ async def test_undeclared_methods_are_not_probed(tmp_path: Path) -> None:
         (lambda: KinesisSink(Destination(type="kinesis", address="s", region="us-east-1")), False, True),
         (
             lambda: KinesisSink(
-                Destination(type="kinesis", address="s", region="us-east-1", options={"restart_dedupe": False})
+                Destination(
+                    type="kinesis", address="s", region="us-east-1", options={"restart_dedupe": False}
+                )
             ),
             False,
             False,
