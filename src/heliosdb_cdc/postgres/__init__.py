@@ -2,8 +2,10 @@
 
 from ._decoder import ChangeDecoder, RelationInfo, TxnEnd, table_name
 from ._protocol import format_lsn, parse_lsn, parse_message
+from ._publication import PublishedTables
 from ._replication import Capture
 from ._setup import (
+    alter_publication,
     check_server,
     connect,
     emit_table_change,
@@ -21,10 +23,12 @@ from ._snapshot import SnapshotState, Snapshotter
 __all__ = [
     "Capture",
     "ChangeDecoder",
+    "PublishedTables",
     "RelationInfo",
     "SnapshotState",
     "Snapshotter",
     "TxnEnd",
+    "alter_publication",
     "check_server",
     "connect",
     "emit_table_change",
