@@ -1,6 +1,6 @@
 """A simulated disk for power-cut tests of the local log.
 
-It stands in for :class:`heliosdb_cdc.delivery._locallog.FileSystem` (one
+It stands in for :class:`heliosdb_cdc.journal._locallog.FileSystem` (one
 directory, the log's) and records every step that changes the disk: a write
 reaching the OS (``flush``), a truncation, a file created, renamed or unlinked,
 an ``fsync`` of a file or of the directory. With ``cut_at=k`` the k-th step
@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, cast
 
-from heliosdb_cdc.delivery._locallog import FileSystem
+from heliosdb_cdc.journal._locallog import FileSystem
 
 
 class PowerCut(Exception):

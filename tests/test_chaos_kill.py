@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from heliosdb_cdc._embedded import free_port
+from heliosdb_cdc._event import parse_event_id
 from tests.plugins.postgres import PgDatabase
 from tests.plugins.receiver import Receiver
 
@@ -132,8 +133,8 @@ async def test_kill_9_restarts_lose_nothing(pg_db: PgDatabase, receiver: Receive
 
 def _commit_order(event_id: str) -> tuple[int, int]:
     """(commit LSN, index in the transaction) from ``evt_<lsn:016x>_<index:06d>``."""
-    _, lsn, index = event_id.split("_")
-    return int(lsn, 16), int(index)
+    parts = parse_event_id(event_id)
+    return parts.commit_lsn, parts.index
 
 
 def check_deliveries(events: list[dict[str, Any]], written: int) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg2
 
-from heliosdb_cdc.delivery._locallog import _U64, KIND_COMMIT, LocalLog, _iter_frames, _parse_payload
+from heliosdb_cdc.journal._locallog import _U64, KIND_COMMIT, LocalLog, _iter_frames, _parse_payload
 from heliosdb_cdc.postgres import Capture
 from heliosdb_cdc.postgres._protocol import parse_lsn
 from heliosdb_cdc.postgres._setup import ensure_publication, ensure_slot

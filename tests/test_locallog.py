@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heliosdb_cdc import StateError
-from heliosdb_cdc.delivery._locallog import _HDR, OP_CODES, LocalLog, Position, Record
+from heliosdb_cdc.journal._locallog import _HDR, OP_CODES, LocalLog, Position, Record
 
 Event = Record
 
@@ -409,7 +409,7 @@ def test_rolls_of_empty_transactions_keep_size_and_position(tmp_path: Path) -> N
 
 
 def test_disk_read_never_skips_a_record_written_but_not_yet_published(tmp_path: Path) -> None:
-    from heliosdb_cdc.delivery._locallog import OP_CODES, _frame
+    from heliosdb_cdc.journal._locallog import OP_CODES, _frame
 
     log = LocalLog(tmp_path / "log", memory_events=1, sync=False)
     log.open()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from heliosdb_cdc.delivery._locallog import OP_CODES, LocalLog, Position, Record
+from heliosdb_cdc.journal._locallog import OP_CODES, LocalLog, Position, Record
 from tests.crashfs import PowerCut, SimDisk
 
 DIR = Path("/simulated/log")

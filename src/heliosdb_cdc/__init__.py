@@ -36,9 +36,9 @@ from ._errors import (
 )
 from ._event import CdcEvent, OperationType
 from ._service import ExactlyOnce, WebhookServer
-from .delivery._circuit import CircuitBreaker, CircuitBreakerRegistry, CircuitState
+from .delivery import CircuitBreaker, CircuitBreakerRegistry, CircuitState
 from .receiver import verify_signature
-from .sinks._tls import create_mtls_client
+from .sinks import create_mtls_client
 
 if TYPE_CHECKING:
     from .pipeline import EventFilter

@@ -107,8 +107,8 @@ def declared_streams(config: Config) -> list[tuple[str, StreamConfig]]:
 
 def preflight(config: Config, *, serve_http: bool = True) -> None:
     """Refuse what ``run`` would refuse before it reaches the network (ConfigError)."""
-    from .server._security import check_http_security
-    from .sinks._webhook_security import webhook_security_kwargs
+    from .server import check_http_security
+    from .sinks import webhook_security_kwargs
 
     _directory(config.state_dir, "state_dir")
     if config.cdc.wal_path:

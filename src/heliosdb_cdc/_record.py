@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ._event import event_id
+
 OP_CODES = {
     "INSERT": 1,
     "UPDATE": 2,
@@ -22,11 +24,6 @@ OP_CODES = {
 OP_INSERT = 1
 OP_WATERMARK = 7
 OP_NAMES = {v: k for k, v in OP_CODES.items()}
-
-
-def event_id(commit_lsn: int, index: int) -> str:
-    """Derived from the WAL position: the same change read twice has the same id."""
-    return f"evt_{commit_lsn:016x}_{index:06d}"
 
 
 class Record(NamedTuple):

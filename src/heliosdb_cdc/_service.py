@@ -48,19 +48,18 @@ from ._metrics import (
     TABLE_MISSING,
     forget_stream,
 )
-from .delivery._circuit import CircuitBreakerRegistry
-from .delivery._locallog import LocalLog
-from .delivery._runner import StreamRunner, make_router
-from .postgres import format_lsn
-from .postgres._publication import PublishedTables
-from .postgres._replication import Capture
-from .postgres._setup import (
+from .delivery import CircuitBreakerRegistry, StreamRunner, make_router
+from .journal import LocalLog
+from .postgres import (
+    Capture,
+    PublishedTables,
     alter_publication,
     check_server,
     connect,
     emit_table_change,
     ensure_publication,
     ensure_slot,
+    format_lsn,
     relation_names,
     resolve_tables,
     slot_stats,
@@ -68,9 +67,7 @@ from .postgres._setup import (
     table_columns,
     table_oids,
 )
-from .sinks._base import Sink
-from .sinks._webhook import WebhookSink
-from .sinks._webhook_security import validate_webhook_stream, webhook_security_kwargs
+from .sinks import Sink, WebhookSink, validate_webhook_stream, webhook_security_kwargs
 from .store import Store
 
 log = logging.getLogger("heliosdb_cdc")
@@ -188,7 +185,7 @@ class WebhookServer:
     async def _start(self, serve_http: bool) -> None:
         cfg = self.config
         if serve_http:
-            from .server._security import check_http_security
+            from .server import check_http_security
 
             check_http_security(cfg)  # tokens required off loopback; TLS files load
         self.store = Store(cfg.state_dir)
@@ -457,7 +454,7 @@ class WebhookServer:
             )
             return sink, dest.address
         if dest.type == "kafka":
-            from .sinks._kafka import KafkaSink
+            from .sinks import KafkaSink
 
             # the transactional id and offsets key name this state directory's stream, so two
             # deployments (or a wiped state directory) never resume from each other's position
@@ -465,10 +462,10 @@ class WebhookServer:
             sink_name = f"{cfg.name}-{self.store.instance_id}"
             return KafkaSink(dest, sink_name, format=cfg.format), f"kafka://{dest.address}/{dest.topic}"
         if dest.type == "kinesis":
-            from .sinks._kinesis import KinesisSink
+            from .sinks import KinesisSink
 
             return KinesisSink.for_stream(cfg), f"kinesis://{dest.region}/{dest.address}"
-        from .sinks._memory import MemorySink
+        from .sinks import MemorySink
 
         return MemorySink(cfg.name, keep=bool(dest.options.get("keep", True))), f"memory://{cfg.name}"
 
@@ -518,7 +515,7 @@ class WebhookServer:
             route=make_router(set(cfg.tables) if "*" not in cfg.tables else None, ops),
             predicate=predicate,
             transform=transform,
-            needs_event=getattr(sink, "needs_event", False),
+            needs_event=sink.needs_event,
             checkpoint_interval=self.config.cdc.checkpoint_interval,
             poll_interval=self.config.cdc.poll_interval_ms / 1000.0,
         )
@@ -849,7 +846,7 @@ class WebhookServer:
     ) -> None:
         """Send the current rows of the stream's tables (all, or those matching ``where``;
         ``tables``: only those)."""
-        from .delivery._snapshot import Snapshotter
+        from .postgres import Snapshotter
 
         assert self.store is not None
         row = self.store.get_stream(name)
@@ -985,7 +982,7 @@ class WebhookServer:
             wanted = set(ids)
             rows = [r for r in rows if r["id"] in wanted]
         done: list[int] = []
-        from .sinks._base import OutboundEvent
+        from .sinks import OutboundEvent
 
         for r in rows:
             full = self.store.get_dead_letter(r["id"])

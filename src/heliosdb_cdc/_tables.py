@@ -27,8 +27,7 @@ from typing import Any
 
 import orjson
 
-from .postgres._decoder import table_name
-from .postgres._setup import split_table
+from .postgres import split_table, table_name
 
 OK, DROPPED, RENAMED, RECREATED = "ok", "dropped", "renamed", "recreated"
 

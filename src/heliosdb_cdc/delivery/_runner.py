@@ -46,11 +46,10 @@ from .._metrics import (
     RETRY_TOTAL,
     STREAM_CURSOR,
 )
-from ..sinks._base import OutboundEvent, Outcome, Sink, SinkResult
+from ..journal import OP_CODES, OP_WATERMARK, Chunk, LocalLog, Record
+from ..sinks import OutboundEvent, Outcome, Sink, SinkResult
 from ..store import Store, sink_mark_key
 from ._circuit import CircuitBreaker
-from ._locallog import OP_CODES, OP_WATERMARK, LocalLog, Record
-from ._snapshot import Chunk
 
 log = logging.getLogger("heliosdb_cdc.delivery")
 
@@ -160,7 +159,7 @@ class StreamRunner:
         self.needs_event = needs_event or predicate is not None or transform is not None
         # a destination that keeps its own exactly-once position (Kafka transactions) or
         # one that is only in memory needs no delivery records
-        self.record_deliveries = exactly_once.enabled and not getattr(sink, "tracks_position", False)
+        self.record_deliveries = exactly_once.enabled and not sink.tracks_position
         self.checkpoint_interval = checkpoint_interval
         self.poll_interval = poll_interval
         self.max_inflight = max_inflight
@@ -248,9 +247,8 @@ class StreamRunner:
         while True:
             try:
                 await self.sink.start()
-                committed = getattr(self.sink, "committed_sequence", None)
-                if committed is not None:
-                    seq = await committed()
+                if self.sink.tracks_position:
+                    seq = await self.sink.committed_sequence()
                     if seq is not None and seq > self.cursor:
                         log.info(
                             "stream %s: destination holds events through %d; resuming there",
@@ -258,12 +256,12 @@ class StreamRunner:
                             seq,
                         )
                         self.cursor = self._saved_cursor = self._last_read = seq
-                recover = getattr(self.sink, "recover", None)
-                if recover is not None:  # Kinesis: find what the last run put after its checkpoint
+                if self.sink.resumes_by_mark:  # Kinesis: find what the last run put after its checkpoint
                     key = sink_mark_key(self.name)
-                    await recover(await asyncio.to_thread(self.store.get_meta, key), self.log.last_seq)
+                    stored = await asyncio.to_thread(self.store.get_meta, key)
+                    await self.sink.recover(stored, self.log.last_seq)
                     # a mark from the start on: a crash in the first send finds its records too
-                    mark = self.sink.resume_mark(self.cursor)  # type: ignore[attr-defined]
+                    mark = self.sink.resume_mark(self.cursor)
                     if mark is not None:
                         meta = {key: mark}
                         await asyncio.to_thread(self.store.checkpoint, self.name, self.cursor, (), meta)
@@ -378,21 +376,21 @@ class StreamRunner:
     ) -> OutboundEvent | None:
         from datetime import UTC, datetime
 
-        from .._event import _json_default, format_timestamp
+        from .._event import dumps, event_dict, format_timestamp, read_event_id, snapshot_transaction_id
 
-        event: dict[str, Any] = {
-            "event_id": f"evt_{rec.lsn:016x}_r{i:06d}",
-            "timestamp": format_timestamp(datetime.fromtimestamp(rec.ts_us / 1e6, tz=UTC)),
-            "sequence": rec.seq,
-            "operation": "READ",
-            "database": self.database,
-            "table": table,
-            "key": row["key"],
-            "value": row["value"],
-            "old_value": None,
-            "transaction_id": f"snapshot_{rec.lsn:x}",
-        }
-        body = orjson.dumps(event, default=_json_default)
+        event = event_dict(
+            event_id=read_event_id(rec.lsn, i),
+            timestamp=format_timestamp(datetime.fromtimestamp(rec.ts_us / 1e6, tz=UTC)),
+            sequence=rec.seq,
+            operation="READ",
+            database=self.database,
+            table=table,
+            key=row["key"],
+            value=row["value"],
+            old_value=None,
+            transaction_id=snapshot_transaction_id(rec.lsn),
+        )
+        body = dumps(event)
         if self.needs_event:
             event = decode_event(body)
             if self.predicate is not None and not self.predicate(event):
@@ -638,8 +636,7 @@ class StreamRunner:
         buf, self._delivered_buf = self._delivered_buf, []
         cursor = max(cursor, self._saved_cursor)
         # read with the cursor, before any await: the sink's mark matches this cursor
-        mark_for = getattr(self.sink, "resume_mark", None)
-        mark = mark_for(cursor) if mark_for is not None else None
+        mark = self.sink.resume_mark(cursor) if self.sink.resumes_by_mark else None
         meta = {sink_mark_key(self.name): mark} if mark is not None else None
         await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
         self._saved_cursor = max(cursor, self._saved_cursor)

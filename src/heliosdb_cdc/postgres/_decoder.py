@@ -22,7 +22,18 @@ from typing import IO, Any
 import orjson
 
 from .._errors import DecodeError
-from .._event import CdcEvent, OperationType, dumps, format_timestamp
+from .._event import (
+    CdcEvent,
+    OperationType,
+    dumps,
+    event_id,
+    format_timestamp,
+    insert_json,
+    parse_event_id,
+    row_json_head,
+    transaction_id,
+    txn_json,
+)
 from .._record import OP_CODES, OP_INSERT, OP_WATERMARK, Record
 from ._protocol import (
     UNCHANGED,
@@ -68,7 +79,7 @@ TABLE_CHANGE_PREFIX = "heliosdb-cdc.table"
 
 @dataclass(slots=True, frozen=True)
 class Watermark:
-    """A snapshot watermark written with ``pg_logical_emit_message`` (see delivery._snapshot)."""
+    """A snapshot watermark written with ``pg_logical_emit_message`` (see postgres._snapshot)."""
 
     sequence: int
     commit_lsn: int
@@ -117,10 +128,7 @@ class ChangeDecoder:
         self._index = 0
         self._ts_us = 0
         self._ts_text = ""
-        self._id_prefix = ""
-        self._b_id_prefix = b""
-        self._b_mid = b""
-        self._b_tail = b""
+        self._txn_json = txn_json(0, 0, "")
         self._skipping = False
         self._in_stream = False
         self._stream_xid = 0
@@ -169,7 +177,7 @@ class ChangeDecoder:
             ev.table,
             dumps(ev.key),
             dumps(ev.to_dict()),
-            int(ev.event_id[-6:]),
+            parse_event_id(ev.event_id).index,
         )
 
     @property
@@ -237,12 +245,9 @@ class ChangeDecoder:
         self._ts = datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC)
         self._ts_us = ts_us
         self._ts_text = format_timestamp(self._ts)
-        self._id_prefix = f"evt_{final_lsn:016x}_"
-        self._txn_id = f"txn_{xid}"
+        self._txn_id = transaction_id(xid)
         # the event's JSON around the per-event parts, in the guide's field order
-        self._b_id_prefix = b'{"event_id":"evt_%016x_' % final_lsn
-        self._b_mid = b'","timestamp":"' + self._ts_text.encode() + b'","sequence":'
-        self._b_tail = b',"old_value":null,"transaction_id":"txn_%d"}' % xid
+        self._txn_json = txn_json(final_lsn, xid, self._ts_text)
         self._index = 0
         self._skipping = final_lsn <= self.skip_through_lsn
 
@@ -264,11 +269,7 @@ class ChangeDecoder:
             key_idx=[i for i, c in enumerate(rel.columns) if c.is_key],
             encoders=[encoder_for(c.type_oid) for c in rel.columns],
             heads=[dumps(c.name) + b":" for c in rel.columns],
-            insert_head=b',"operation":"INSERT","database":'
-            + dumps(self.database)
-            + b',"table":'
-            + dumps(table_name(rel.namespace, rel.name))
-            + b',"key":',
+            insert_head=row_json_head("INSERT", self.database, table_name(rel.namespace, rel.name)),
         )
         if not info.key_idx and rel.replica_identity != "f":
             self.notices.append(
@@ -361,16 +362,7 @@ class ChangeDecoder:
         index = self._index
         seq = self.next_sequence
         self.next_sequence = seq + 1
-        body = b'%s%06d%s%d%s%s,"value":%s%s' % (
-            self._b_id_prefix,
-            index,
-            self._b_mid,
-            seq,
-            info.insert_head,
-            key,
-            value,
-            self._b_tail,
-        )
+        body = insert_json(self._txn_json, index, seq, info.insert_head, key, value)
         return Record(seq, self._commit_lsn, self._ts_us, OP_INSERT, info.table, key, body, index)
 
     def _row(self, info: RelationInfo, values: list[object]) -> dict[str, Any]:
@@ -420,7 +412,7 @@ class ChangeDecoder:
         self.next_sequence = seq + 1
         assert self._ts is not None
         return CdcEvent(
-            event_id=f"{self._id_prefix}{self._index:06d}",
+            event_id=event_id(self._commit_lsn, self._index),
             timestamp=self._ts,
             sequence=seq,
             operation=op,

@@ -29,7 +29,7 @@ import psycopg2.extras
 from .._errors import SourceError, StateError
 from .._metrics import CONFIRMED_LSN, EVENTS_PROCESSED, LOCAL_LOG_BYTES, REPLICATION_UP
 from .._record import OP_WATERMARK
-from ..delivery._locallog import LocalLog
+from ..journal import LocalLog
 from ._decoder import ChangeDecoder, RelationInfo
 from ._decoding import DecodedBatch, Decoding, InThread, InWorker
 from ._protocol import format_lsn

@@ -14,7 +14,9 @@ from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 from ._kafka import KafkaSink
 from ._kinesis import KinesisSink
 from ._memory import MemorySink
+from ._tls import create_mtls_client
 from ._webhook import WebhookSink, sign
+from ._webhook_security import validate_webhook_stream, webhook_security_kwargs
 
 __all__ = [
     "DELIVERED",
@@ -31,8 +33,11 @@ __all__ = [
     "SinkResult",
     "WebhookSink",
     "avro_schema_for",
+    "create_mtls_client",
     "decode_confluent",
     "decode_single_object",
     "decode_with_schema",
     "sign",
+    "validate_webhook_stream",
+    "webhook_security_kwargs",
 ]

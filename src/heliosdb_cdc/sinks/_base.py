@@ -60,14 +60,46 @@ class Sink(Protocol):
     * ``max_batch``: most events in one ``send`` call. Within a batch a sink must
       either keep order per key (Kafka: one partition per key) or deliver at most
       one event per key.
+
+    Capabilities: what the dispatcher may rely on beyond ``send``. A sink
+    declares them as attributes (the defaults below say "no"); the dispatcher
+    reads only the declarations, it never probes for methods. A class that
+    subclasses :class:`Sink` inherits the defaults and the no-op methods.
+
+    * ``tracks_position``: the destination keeps its own exactly-once position
+      (Kafka transactions commit it with the messages; the memory sink has
+      nothing to de-duplicate), so the dispatcher writes no delivery records.
+      :meth:`committed_sequence` then says where the destination is after a
+      restart (None: nothing known), and the stream resumes there.
+    * ``resumes_by_mark``: after a crash the sink finds the records the last run
+      wrote itself (Kinesis): the dispatcher stores :meth:`resume_mark` with each
+      checkpoint and hands the stored mark to :meth:`recover` after ``start``.
+    * ``needs_event``: the sink reads the decoded event (``OutboundEvent.event``),
+      not only the encoded ``body``.
     """
 
     name: str
     lanes: int
     max_batch: int
+    tracks_position: bool = False
+    resumes_by_mark: bool = False
+    needs_event: bool = False
 
     async def start(self) -> None: ...
 
     async def send(self, batch: Sequence[OutboundEvent]) -> list[SinkResult]: ...
 
     async def close(self) -> None: ...
+
+    async def committed_sequence(self) -> int | None:
+        """With ``tracks_position``: the last sequence the destination holds, or None."""
+        return None
+
+    def resume_mark(self, cursor: int) -> str | None:
+        """With ``resumes_by_mark``: what to store with a checkpoint at ``cursor``."""
+        return None
+
+    async def recover(self, mark: str | None, horizon: int) -> None:
+        """With ``resumes_by_mark``: find what the last run wrote after ``mark``
+        (``horizon``: the highest sequence it may have written)."""
+        return None

@@ -51,7 +51,7 @@ from ._avro import (
     ConfluentSchemaRegistry,
     SchemaRegistryUnavailable,
 )
-from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
+from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 
 _T = TypeVar("_T")
 
@@ -104,7 +104,7 @@ class _Record:
     sequence: int
 
 
-class KafkaSink:
+class KafkaSink(Sink):
     """Sends batches to one Kafka topic; one transaction per batch when transactional."""
 
     def __init__(

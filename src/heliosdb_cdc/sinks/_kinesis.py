@@ -43,7 +43,7 @@ from typing import Any
 from .._config import Destination, StreamConfig
 from .._errors import ConfigError, SinkError
 from ._avro import AvroEncoder, AvroSchemaRegistry
-from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
+from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 from ._kinesis_recovery import ResumeMarks, record_digest, scan_tail
 
 log = logging.getLogger("heliosdb_cdc.sinks.kinesis")
@@ -147,7 +147,7 @@ def _error_code(exc: BaseException) -> str:
     return ""
 
 
-class KinesisSink:
+class KinesisSink(Sink):
     """Sends batches to one Kinesis stream with PutRecords."""
 
     def __init__(
@@ -179,6 +179,7 @@ class KinesisSink:
         self._written_schemas: set[int] = set()
         self._wrap = client_wrapper
         self.restart_dedupe = _bool_option(opts, "restart_dedupe", True)
+        self.resumes_by_mark = self.restart_dedupe  # finds its own puts after a crash
         self.scan_max_records = int(_positive_option(opts, "restart_scan_max_records", 100_000))
         self.scan_timeout_s = _positive_option(opts, "restart_scan_timeout_s", 60.0)
         self._marks = ResumeMarks()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from ._base import DELIVERED, OutboundEvent, SinkResult
+from ._base import DELIVERED, OutboundEvent, Sink, SinkResult
 
 
-class MemorySink:
+class MemorySink(Sink):
     def __init__(
         self,
         name: str = "memory",

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from . import _standard_webhooks as standard_webhooks
-from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
+from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 from ._http import HttpPool
 from ._ssrf import SsrfGuard, SsrfRefused
 
@@ -88,7 +88,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - current)
 
 
-class WebhookSink:
+class WebhookSink(Sink):
     def __init__(
         self,
         url: str,

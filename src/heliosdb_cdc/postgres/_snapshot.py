@@ -14,6 +14,10 @@ the rest as ``READ`` events. A live change to a row is therefore never
 overwritten by an older snapshot copy, and nothing is missed: a row is either in
 the chunk or changed after the low watermark, and then delivered live.
 
+Snapshots are capture: this module reads PostgreSQL and hands each chunk to the
+``register`` callback it is given (the stream runner's), as a
+:class:`~heliosdb_cdc.journal.Chunk`; it imports nothing from ``delivery/``.
+
 Progress (last key per table) is stored after each chunk is delivered, so a
 snapshot interrupted by a crash resumes with the next chunk.
 """
@@ -25,32 +29,29 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg2
 from psycopg2 import sql
 
 from .._errors import SourceError
-from .._event import _json_default
-from ..postgres._decoder import WATERMARK_PREFIX, table_name
-from ..postgres._replication import SESSION_OPTIONS
-from ..postgres._setup import split_table, table_columns
-from ..postgres._types import converter_for
-from ..store import Store
+from .._event import dumps
+from ..journal import Chunk
+from ._decoder import WATERMARK_PREFIX, table_name
+from ._replication import SESSION_OPTIONS
+from ._setup import split_table, table_columns
+from ._types import converter_for
 
 log = logging.getLogger("heliosdb_cdc.snapshot")
 
 
-@dataclass
-class Chunk:
-    """Rows read between a low and a high watermark: (key bytes, event dict without position)."""
+class SnapshotState(Protocol):
+    """Where a snapshot keeps its progress (the service passes its :class:`~heliosdb_cdc.store.Store`)."""
 
-    watermark: str
-    table: str
-    rows: list[tuple[bytes, dict[str, Any]]]
-    done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    def get_snapshot(self, stream: str) -> dict[str, Any] | None: ...
+
+    def save_snapshot(self, stream: str, snap: dict[str, Any]) -> None: ...
 
 
 class Snapshotter:
@@ -64,7 +65,7 @@ class Snapshotter:
         dsn: str,
         database: str,
         tables: list[str],
-        store: Store,
+        store: SnapshotState,
         register: Callable[[Chunk], None],
         predicate: Callable[[dict[str, Any]], bool] | None = None,
         where: str | None = None,
@@ -189,7 +190,7 @@ class Snapshotter:
                     ):
                         continue
                     key = {names[i]: value[names[i]] for i in key_idx}
-                    rows.append((orjson.dumps(key, default=_json_default), {"key": key, "value": value}))
+                    rows.append((dumps(key), {"key": key, "value": value}))
                 chunk = Chunk(watermark, tname, rows)
                 self.register(chunk)
                 await asyncio.to_thread(self._emit, conn, watermark, "high")
