@@ -263,9 +263,8 @@ async def test_table_pattern_matching_nothing_is_a_warning(pg_db: PgDatabase, tm
                 assert (await r.json())["warnings"] == warning
     async with WebhookServer(make_config(pg_db, tmp_path)) as server:
         url = "http://" + server.config.webhook.bind_address
-        async with aiohttp.ClientSession(url) as http:
-            async with http.get("/api/streams/none/status") as r:
-                assert (await r.json())["warnings"] is None
+        async with aiohttp.ClientSession(url) as http, http.get("/api/streams/none/status") as r:
+            assert (await r.json())["warnings"] is None
         pub = pg_db.execute("SELECT tablename FROM pg_publication_tables WHERE pubname='heliosdb_cdc'")
         assert sorted(t for (t,) in pub) == ["nosuch_t"]  # not orderx through 'order_*'
 
