@@ -67,7 +67,7 @@ from .postgres._setup import (
 from .sinks._base import Sink
 from .sinks._webhook import WebhookSink
 from .sinks._webhook_security import validate_webhook_stream, webhook_security_kwargs
-from .store import Store
+from .store import Store, open_store
 
 log = logging.getLogger("heliosdb_cdc")
 
@@ -183,7 +183,7 @@ class WebhookServer:
             from .server._security import check_http_security
 
             check_http_security(cfg)  # tokens required off loopback; TLS files load
-        self.store = Store(cfg.state_dir)
+        self.store = open_store(cfg)
         self.exactly_once = ExactlyOnce(self.store, cfg.webhook.exactly_once.window_secs)
         self.log = LocalLog(
             cfg.log_dir,
