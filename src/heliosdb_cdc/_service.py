@@ -266,8 +266,12 @@ class WebhookServer:
         last = None
         while True:
             try:
-                await asyncio.to_thread(self._prepare_source_sync)
+                await asyncio.to_thread(self._prepare_source_sync, False)
+                # the publication before the slot: pgoutput reads it as of each change, and a
+                # change between the slot's start and the publication's creation (any write to
+                # the source, the state's own when it lives there) fails decoding for good
                 await self._sync_publication()
+                await asyncio.to_thread(self._prepare_source_sync, True)
                 self.source_error = None
                 return
             except SourceFatalError as exc:
@@ -282,11 +286,12 @@ class WebhookServer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.source.reconnect_max_delay_secs)
 
-    def _prepare_source_sync(self) -> None:
+    def _prepare_source_sync(self, slot: bool) -> None:
         conn = connect(self.dsn)
         try:
             check_server(conn)
-            self._check_slot(conn)
+            if slot:
+                self._check_slot(conn)
         finally:
             conn.close()
 
