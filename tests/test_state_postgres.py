@@ -135,3 +135,16 @@ async def test_service_with_state_in_postgres_survives_kill_9(
     assert resent < written, f"{resent} repeats: a restart did not resume from its checkpoint"
     names = {r[0] for r in pg_db.execute("SELECT name FROM cdc_state.streams")}
     assert len(names) == 1
+
+
+def test_deployment_guide_examples_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    for var in ("CDC_PASSWORD", "STATE_PASSWORD", "WEBHOOK_SECRET"):
+        monkeypatch.setenv(var, "x")
+    text = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    sqlite, postgres = (config_from_dict(yaml.safe_load(b)) for b in blocks)
+    assert sqlite.state.url is None
+    assert postgres.state.url is not None and postgres.state.schema_name == "heliosdb_cdc"
