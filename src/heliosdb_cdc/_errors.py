@@ -79,3 +79,8 @@ class StreamExists(SqlError):
 
 class FilterError(CdcError):
     """A filter, predicate or transformation is invalid or failed."""
+
+
+class InvalidName(ConfigError, ValueError):
+    """A user-given name breaks the naming rule (docs/api.md, "Names"); the message
+    says what is wrong. A :class:`ValueError` too, so model validation reports it."""

@@ -39,19 +39,23 @@ from ._errors import (
     StreamNotFound,
 )
 from ._event import OperationType
+from ._input import check_stream, pattern_warnings
 from ._metrics import (
     SLOT_LAG_BYTES,
     SLOT_LAG_SECONDS,
     SLOT_RETAINED_BYTES,
     TABLE_CHANGES,
     TABLE_MISSING,
+    forget_stream,
 )
-from .delivery._circuit import CircuitBreakerRegistry, CircuitState
+from .delivery._circuit import CircuitBreakerRegistry
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
 from .postgres import format_lsn
+from .postgres._publication import PublishedTables
 from .postgres._replication import Capture
 from .postgres._setup import (
+    alter_publication,
     check_server,
     connect,
     emit_table_change,
@@ -80,7 +84,7 @@ def stream_to_json(cfg: StreamConfig) -> dict[str, Any]:
 
 
 def registration_stream(reg: WebhookRegistration, index: int | None = None) -> StreamConfig:
-    name = reg.name or _registration_name(reg.url)
+    name = reg.name if reg.name is not None else _registration_name(reg.url)
     return StreamConfig(
         name=name,
         tables=reg.tables or ["*"],
@@ -94,7 +98,7 @@ def registration_stream(reg: WebhookRegistration, index: int | None = None) -> S
 def _registration_name(url: str) -> str:
     from urllib.parse import urlsplit
 
-    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")
+    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")[:100]
     return f"webhook_{host}_{hashlib.sha1(url.encode()).hexdigest()[:6]}"
 
 
@@ -143,6 +147,8 @@ class WebhookServer:
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
         self.snapshots: dict[str, Any] = {}
+        self.table_warnings: dict[str, list[str]] = {}
+        self._published = PublishedTables()
         self._started = False
         # an error retrying cannot fix, found while running (a dropped slot): ``run`` exits on it
         self.fatal_error: SourceFatalError | None = None
@@ -329,26 +335,64 @@ class WebhookServer:
                 self.store.set_error(row["name"], f"--resnapshot: {exc}")
 
     def _tables_of(self, cfg: StreamConfig) -> list[str]:
+        """The stream's tables (a named table that does not exist is a SourceError); notes
+        a warning for each pattern that matches no table now (blocking)."""
         conn = connect(self.dsn)
         try:
-            return resolve_tables(conn, cfg.tables)
+            resolved = {name: resolve_tables(conn, [name]) for name in dict.fromkeys(cfg.tables)}
+        finally:
+            conn.close()
+        self.table_warnings[cfg.name] = pattern_warnings(cfg.tables, resolved)
+        return sorted({t for found in resolved.values() for t in found})
+
+    async def _sync_publication(self) -> None:
+        """At start: make the publication hold exactly the wanted tables (one pass over the
+        catalog); CREATE and DROP then change only their stream's share (:meth:`_publish`)."""
+        assert self.store is not None
+        rows = self.store.list_streams()
+        conn = await asyncio.to_thread(connect, self.dsn)
+        try:
+            cache: dict[str, list[str]] = {}
+            pinned = await asyncio.to_thread(_resolve_each, conn, self.config.source.tables, cache)
+            published = PublishedTables(pinned)
+            for row in rows:
+                names = row["config"]["tables"]
+                published.add(row["name"], await asyncio.to_thread(_resolve_each, conn, names, cache))
+            await asyncio.to_thread(
+                ensure_publication, conn, self.config.source.publication, sorted(published.wanted())
+            )
+            self._published = published
+            self.table_warnings = {  # patterns that match no table now (stream status)
+                row["name"]: pattern_warnings(row["config"]["tables"], cache) for row in rows
+            }
         finally:
             conn.close()
 
-    async def _sync_publication(self) -> None:
-        wanted: set[str] = set()
-        conn = await asyncio.to_thread(connect, self.dsn)
+    def _publish(self, stream: str, tables: list[str] | None) -> None:
+        """Add ``stream``'s tables to the publication (``tables`` None: forget the stream and
+        drop the tables no other stream needs). Touches only those tables (blocking)."""
+        if tables is None:
+            add, drop = [], self._published.remove(stream)
+            self.table_warnings.pop(stream, None)
+        else:
+            add, drop = self._published.add(stream, tables), []
+        if not add and not drop:
+            return
+        conn = connect(self.dsn)
         try:
-            assert self.store is not None
-            names = list(self.config.source.tables)
-            for row in self.store.list_streams():
-                names.extend(row["config"]["tables"])
-            for name in names:
-                try:
-                    wanted.update(await asyncio.to_thread(resolve_tables, conn, [name]))
-                except SourceError as exc:
-                    log.warning("%s: not captured", exc)
-            await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
+            alter_publication(conn, self.config.source.publication, add=add, drop=drop)
+        finally:
+            conn.close()
+
+    def _stream_tables(self, cfg: StreamConfig) -> list[str]:
+        """The stream's tables as ``schema.table``; a name that resolves to nothing is
+        logged and skipped, like at start (blocking)."""
+        conn = connect(self.dsn)
+        try:
+            cache: dict[str, list[str]] = {}
+            tables = _resolve_each(conn, cfg.tables, cache)
+            self.table_warnings[cfg.name] = pattern_warnings(cfg.tables, cache)
+            return tables
         finally:
             conn.close()
 
@@ -644,12 +688,14 @@ class WebhookServer:
     # -- stream management (SQL, REST, Python) -------------------------------------------
     async def create_stream(self, cfg: StreamConfig, origin: str = "sql") -> StreamConfig:
         assert self.store is not None
+        check_stream(cfg)  # name rule, destination address, options (all ways in share it)
         async with self._lock:
-            if cfg.name in self.runners or any(r["name"] == cfg.name for r in self.store.list_streams()):
+            if cfg.name in self.runners or self.store.has_stream(cfg.name):
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
+            tables: list[str] | None = None
             if "*" not in cfg.tables:
                 try:
-                    await asyncio.to_thread(self._tables_of, cfg)
+                    tables = await asyncio.to_thread(self._tables_of, cfg)
                 except SourceError as exc:
                     raise SqlError(str(exc.message), stream=cfg.name) from None
             # validate filters/transforms before anything is stored
@@ -661,10 +707,18 @@ class WebhookServer:
             assert self.log is not None
             self.store.checkpoint(cfg.name, self.log.last_seq)
             try:
-                await self._sync_publication()
+                if tables is None:
+                    tables = await asyncio.to_thread(self._stream_tables, cfg)
+                # only this stream's tables are looked at: no cost per existing stream
+                await asyncio.to_thread(self._publish, cfg.name, tables)
                 await self._start_runner(self.store.get_stream(cfg.name))
+            except (ValueError, TypeError) as exc:  # e.g. an option of the wrong type
+                self.store.drop_stream(cfg.name)
+                raise ConfigError(f"destination.options: {exc}", stream=cfg.name) from None
             except Exception:
                 self.store.drop_stream(cfg.name)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._publish, cfg.name, None)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
         await self._check_tables_logged()  # note its tables' OIDs now: a drop right after is seen
@@ -687,8 +741,9 @@ class WebhookServer:
             runner = self.runners.pop(name, None)
             if runner is not None:
                 await runner.stop(drain_timeout=2.0)
+                forget_stream(name, runner.endpoint)
             self.store.drop_stream(name)
-            await self._sync_publication()
+            await asyncio.to_thread(self._publish, name, None)
         log.info("stream %s dropped", name)
 
     async def set_paused(self, name: str, paused: bool) -> None:
@@ -730,9 +785,19 @@ class WebhookServer:
             )
         return rows
 
-    def stream_status(self, name: str) -> dict[str, Any]:
+    def stream_status(
+        self,
+        name: str,
+        row: dict[str, Any] | None = None,
+        dead_letters: int | None = None,
+        snapshots: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """``row`` (its catalog row), ``dead_letters`` (its count) and ``snapshots`` (the
+        stored snapshots of all streams) when the caller has them already: the overview of
+        every stream reads each once for all streams, not once per stream."""
         assert self.store is not None and self.log is not None
-        row = self.store.get_stream(name)
+        if row is None:
+            row = self.store.get_stream(name)
         runner = self.runners.get(name)
         cfg = row["config"]
         st = runner.stats if runner else None
@@ -744,7 +809,7 @@ class WebhookServer:
             if first:
                 lag_seconds = max(0.0, time.time() - first[0].ts_us / 1e6)
         endpoint = runner.endpoint if runner else cfg["destination"]["address"]
-        breaker = self.circuit_breaker.states().get(endpoint, CircuitState.CLOSED)
+        breaker = self.circuit_breaker.state_of(endpoint)
         return {
             "name": name,
             "state": self.stream_state(name, row),
@@ -762,7 +827,7 @@ class WebhookServer:
             "events_delivered": st.delivered if st else 0,
             "events_failed": st.failed if st else 0,
             "events_retried": st.retried if st else 0,
-            "dead_letters": self.store.count_dead_letters(name),
+            "dead_letters": self.store.count_dead_letters(name) if dead_letters is None else dead_letters,
             "queue_memory": runner.queue_memory if runner else 0,
             "queue_overflow": runner.queue_overflow if runner else 0,
             "throughput_per_sec": round(st.rate(), 1) if st else 0.0,
@@ -771,7 +836,8 @@ class WebhookServer:
             "last_error": self._table_problem(cfg) or (st.last_error if st else None) or row["last_error"],
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
-            "snapshot": _snapshot_summary(self.snapshot_status(name)),
+            "snapshot": _snapshot_summary(self.snapshot_status(name, snapshots)),
+            "warnings": "; ".join(self.table_warnings.get(name, [])) or None,
         }
 
     # -- snapshots and backfills ------------------------------------------------------------
@@ -838,11 +904,15 @@ class WebhookServer:
         await snap.cancel()
         log.info("%s of stream %s cancelled", snap.kind, name)
 
-    def snapshot_status(self, name: str) -> dict[str, Any] | None:
+    def snapshot_status(
+        self, name: str, stored: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         snap = self.snapshots.get(name)
         if snap is not None:
             status: dict[str, Any] = snap.status
             return status
+        if stored is not None:
+            return stored.get(name)
         assert self.store is not None
         return self.store.get_snapshot(name)
 
@@ -855,6 +925,9 @@ class WebhookServer:
 
     async def unregister(self, url_or_name: str) -> None:
         assert self.store is not None
+        if self.store.has_stream(url_or_name):
+            await self.drop_stream(url_or_name)
+            return
         for row in self.store.list_streams():
             dest = row["config"]["destination"]
             if row["name"] == url_or_name or (dest["type"] == "webhook" and dest["address"] == url_or_name):
@@ -933,6 +1006,23 @@ class WebhookServer:
         if done:
             self.store.delete_dead_letters(done)
         return len(done)
+
+
+def _resolve_each(conn: Any, names: list[str], cache: dict[str, list[str]]) -> list[str]:
+    """Resolve each table name (``cache``: name -> tables, shared across streams); a name
+    that fails is logged as not captured and skipped."""
+    out: set[str] = set()
+    for name in names:
+        found = cache.get(name)
+        if found is None:
+            try:
+                found = resolve_tables(conn, [name])
+            except SourceError as exc:
+                log.warning("%s: not captured", exc)
+                found = []
+            cache[name] = found
+        out.update(found)
+    return sorted(out)
 
 
 def _snapshot_summary(snap: dict[str, Any] | None) -> str | None:

@@ -170,8 +170,13 @@ async def _sql(args: Any) -> int:
     from .sql import render_table, repl, run_remote
 
     if args.file:
-        with open(args.file) as f:
-            text = f.read()
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise CdcError(f"cannot read {args.file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CdcError(f"{args.file} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     elif args.statement:
         text = args.statement
     else:

@@ -157,7 +157,7 @@ class LocalLog:
         self.durable = Position(0, 0, 0)
         self._written = Position(0, 0, 0)
         self._bytes_on_disk = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._disk_cache: dict[int, tuple[int, int]] = {}  # next seq -> (segment, offset)
 
@@ -400,7 +400,7 @@ class LocalLog:
             loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters, set()
         for w in waiters:
             if not w.done():
                 w.set_result(None)
@@ -410,18 +410,24 @@ class LocalLog:
         return self._next_seq - 1
 
     async def wait_beyond(self, seq: int, timeout: float | None = None) -> None:
-        """Return once a record after ``seq`` exists (or after ``timeout``)."""
+        """Return once a record after ``seq`` exists (or after ``timeout``).
+
+        A waiter costs nothing until the next append wakes it; one that times out or is
+        cancelled leaves nothing behind (idle streams wait here without a timeout).
+        """
         if self.last_seq > seq:
             return
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(fut)
-        if self.last_seq > seq:  # appended between the check and the registration
-            return
+        self._waiters.add(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            if self.last_seq > seq:  # appended between the check and the registration
+                return
+            await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             pass
+        finally:
+            self._waiters.discard(fut)
 
     def read_memory(self, from_seq: int, max_n: int) -> list[Record] | None:
         """Records from ``from_seq`` if the in-memory tail has them, else None."""

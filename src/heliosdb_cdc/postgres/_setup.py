@@ -72,6 +72,13 @@ def split_table(name: str) -> tuple[str, str]:
     return (schema or "public", table)
 
 
+def like_pattern(glob: str) -> str:
+    """A LIKE pattern for a table pattern: ``*`` any run, ``?`` one character; ``_``,
+    ``%`` and ``\\`` stand for themselves (``order_*`` does not match ``orderx``)."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
 def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -> list[str]:
     """Expand ``*`` patterns and check each table exists; return ``schema.table`` names."""
     out: list[str] = []
@@ -89,10 +96,7 @@ def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -
                     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
                     "AND n.nspname NOT LIKE 'pg\\_%%' "
                     "ORDER BY 1",
-                    (
-                        schema.replace("*", "%").replace("?", "_"),
-                        table.replace("*", "%").replace("?", "_"),
-                    ),
+                    (like_pattern(schema), like_pattern(table)),
                 )
                 out.extend(r[0] for r in cur.fetchall())
                 continue
@@ -187,6 +191,47 @@ def _ensure_publication(
                 )
                 log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
     return wanted
+
+
+def alter_publication(
+    conn: psycopg2.extensions.connection,
+    publication: str,
+    add: Iterable[str] = (),
+    drop: Iterable[str] = (),
+) -> tuple[list[str], list[str]]:
+    """Add ``add`` to and drop ``drop`` from the publication, looking only at those tables
+    (``schema.table``): the cost of a stream's CREATE or DROP does not grow with the
+    number of streams. Tables already (or no longer) in it are skipped; a publication
+    FOR ALL TABLES is left alone. Returns the (added, dropped) tables."""
+    add, drop = sorted(set(add)), sorted(set(drop))
+    if not add and not drop:
+        return [], []
+    with conn.cursor() as cur:
+        cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(publication)))
+            log.info("created publication %s", publication)
+        elif row[0]:
+            return [], []  # FOR ALL TABLES: nothing to manage
+        cur.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables "
+            "WHERE pubname = %s AND schemaname || '.' || tablename = ANY(%s)",
+            (publication, add + drop),
+        )
+        present = {r[0] for r in cur.fetchall()}
+        to_add = [t for t in add if t not in present]
+        to_drop = [t for t in drop if t in present]
+        for verb, items in (("ADD", to_add), ("DROP", to_drop)):
+            if items:
+                idents = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in items)
+                cur.execute(
+                    sql.SQL("ALTER PUBLICATION {} " + verb + " TABLE {}").format(
+                        sql.Identifier(publication), idents
+                    )
+                )
+                log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
+    return to_add, to_drop
 
 
 LOST_SLOT_FIX = "Fix: run heliosdb-cdc run --resnapshot to create it again and re-read every captured table."

@@ -189,6 +189,15 @@ class SQLiteStore:
         ).fetchall()
         return [self._row(r) for r in rows]
 
+    def has_stream(self, name: str) -> bool:
+        """Whether the stream exists: one primary-key lookup."""
+        return self._exec("SELECT 1 FROM streams WHERE name=?", (name,)).fetchone() is not None
+
+    def stream_names(self) -> list[str]:
+        """Names of every stream (no configuration parsed), in catalog order."""
+        rows = self._exec("SELECT name FROM streams ORDER BY created_at, name").fetchall()
+        return [r[0] for r in rows]
+
     def set_state(self, name: str, state: str) -> None:
         cur = self._exec("UPDATE streams SET state=? WHERE name=?", (state, name))
         if cur.rowcount == 0:
@@ -379,6 +388,11 @@ class SQLiteStore:
             )
         return int(self._exec("SELECT count(*) FROM dead_letters").fetchone()[0])
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per stream (streams with none are absent), in one query."""
+        rows = self._exec("SELECT stream, count(*) FROM dead_letters GROUP BY stream").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
     # -- snapshots and backfills -------------------------------------------------------
     def save_snapshot(self, stream: str, snap: dict[str, Any]) -> None:
         self._exec(
@@ -407,8 +421,18 @@ class SQLiteStore:
             "error FROM snapshots WHERE stream=?",
             (stream,),
         ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._snapshot(row)
+
+    def all_snapshots(self) -> dict[str, dict[str, Any]]:
+        """The stored snapshot of every stream that has one, in one query."""
+        rows = self._exec(
+            "SELECT kind, tables, where_clause, state, progress, rows_sent, started_at, updated_at, "
+            "error, stream FROM snapshots"
+        ).fetchall()
+        return {r[9]: self._snapshot(r) for r in rows}
+
+    @staticmethod
+    def _snapshot(row: Sequence[Any]) -> dict[str, Any]:
         return {
             "kind": row[0],
             "tables": orjson.loads(row[1]),
