@@ -231,6 +231,21 @@ def test_snapshots(store: Store) -> None:
     assert store.get_snapshot("s") is None
 
 
+def test_lookups_for_one_stream_and_for_all(store: Store) -> None:
+    for name in ("b", "a"):
+        store.create_stream(name, {"tables": ["t"]}, "api", "running")
+    assert store.has_stream("a") and not store.has_stream("c")
+    assert store.stream_names() == [r["name"] for r in store.list_streams()]
+    assert sorted(store.stream_names()) == ["a", "b"]
+    row = ("a", "http://x/", "evt_1", 1, "t", "INSERT", b"k", b"{}", "HTTP 500", 3, 0.0, 0.0)
+    store.add_dead_letters([row, row, ("b", *row[1:])])
+    assert store.dead_letter_counts() == {"a": 2, "b": 1}
+    assert store.all_snapshots() == {}
+    store.save_snapshot("b", {"kind": "backfill", "tables": ["public.t"], "state": "running"})
+    snaps = store.all_snapshots()
+    assert list(snaps) == ["b"] and snaps["b"] == store.get_snapshot("b")
+
+
 # -- SQLite: the file --------------------------------------------------------
 
 

@@ -280,6 +280,14 @@ class PostgresStore:
         rows = self._exec(f"SELECT {_STREAM_COLS} FROM {{s}}.streams ORDER BY created_at, name")
         return [self._row(r) for r in rows]
 
+    def has_stream(self, name: str) -> bool:
+        """Whether the stream exists: one primary-key lookup."""
+        return bool(self._exec("SELECT 1 FROM {s}.streams WHERE name=%s", (name,)))
+
+    def stream_names(self) -> list[str]:
+        """Names of every stream (no configuration parsed), in catalog order."""
+        return [r[0] for r in self._exec("SELECT name FROM {s}.streams ORDER BY created_at, name")]
+
     def set_state(self, name: str, state: str) -> None:
         if self._exec("UPDATE {s}.streams SET state=%s WHERE name=%s", (state, name))[0][0] == 0:
             raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
@@ -437,6 +445,11 @@ class PostgresStore:
             return int(self._exec("SELECT count(*) FROM {s}.dead_letters WHERE stream=%s", (stream,))[0][0])
         return int(self._exec("SELECT count(*) FROM {s}.dead_letters")[0][0])
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per stream (streams with none are absent), in one query."""
+        rows = self._exec("SELECT stream, count(*) FROM {s}.dead_letters GROUP BY stream")
+        return {r[0]: int(r[1]) for r in rows}
+
     # -- snapshots and backfills -------------------------------------------------------
     def save_snapshot(self, stream: str, snap: dict[str, Any]) -> None:
         self._exec(
@@ -461,9 +474,15 @@ class PostgresStore:
 
     def get_snapshot(self, stream: str) -> dict[str, Any] | None:
         rows = self._exec(f"SELECT {_SNAPSHOT_COLS} FROM {{s}}.snapshots WHERE stream=%s", (stream,))
-        if not rows:
-            return None
-        row = rows[0]
+        return self._snapshot(rows[0]) if rows else None
+
+    def all_snapshots(self) -> dict[str, dict[str, Any]]:
+        """The stored snapshot of every stream that has one, in one query."""
+        rows = self._exec(f"SELECT {_SNAPSHOT_COLS}, stream FROM {{s}}.snapshots")
+        return {r[9]: self._snapshot(r) for r in rows}
+
+    @staticmethod
+    def _snapshot(row: Sequence[Any]) -> dict[str, Any]:
         return {
             "kind": row[0],
             "tables": orjson.loads(row[1]),
