@@ -27,7 +27,7 @@ from heliosdb_cdc.postgres import _setup
 from heliosdb_cdc.postgres._publication import PublishedTables
 from heliosdb_cdc.server._app import overview
 from heliosdb_cdc.sinks._memory import MemorySink
-from heliosdb_cdc.store import Store
+from heliosdb_cdc.store import SQLiteStore
 from tests.plugins.postgres import PgDatabase
 from tests.test_e2e_webhook import make_config
 
@@ -224,7 +224,7 @@ def test_published_tables_counts_shares() -> None:
 
 
 def test_store_lookups_for_one_stream_and_for_all(tmp_path: Path) -> None:
-    store = Store(tmp_path)
+    store = SQLiteStore(tmp_path)
     try:
         for name in ("b", "a"):
             store.create_stream(name, {"tables": ["t"]}, "api", "running")

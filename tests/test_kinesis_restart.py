@@ -210,7 +210,8 @@ async def test_unreachable_endpoint_during_recovery_is_a_sink_error() -> None:
 
 
 def test_mark_is_stored_with_the_checkpoint_and_dropped_with_the_stream(tmp_path: Any) -> None:
-    from heliosdb_cdc.store import Store, sink_mark_key
+    from heliosdb_cdc.store import SQLiteStore as Store
+    from heliosdb_cdc.store import sink_mark_key
 
     store = Store(tmp_path)
     store.create_stream("k", {"name": "k"}, "sql", "running")

@@ -14,7 +14,8 @@ from heliosdb_cdc._config import CircuitBreakerConfig, ExactlyOnceConfig, RetryC
 from heliosdb_cdc.delivery import CircuitBreaker, StreamRunner
 from heliosdb_cdc.journal import LocalLog
 from heliosdb_cdc.sinks import KafkaSink, KinesisSink, MemorySink, Sink, WebhookSink
-from heliosdb_cdc.store import Store, sink_mark_key
+from heliosdb_cdc.store import SQLiteStore as Store
+from heliosdb_cdc.store import sink_mark_key
 
 
 class _Probe(MemorySink):

@@ -212,7 +212,7 @@ async def test_backfill_where_and_cancel(items: PgDatabase, receiver: Receiver, 
         with pytest.raises(SqlError, match="no backfill in progress"):
             await server.cancel_snapshot("items_hook")
         endpoint.down = False
-    from heliosdb_cdc.store import Store
+    from heliosdb_cdc.store import SQLiteStore as Store
 
     saved = Store(cfg.state_dir).get_snapshot("items_hook")
     assert saved is not None and saved["state"] == "cancelled" and saved["rows_sent"] == 0
@@ -232,7 +232,7 @@ async def test_backfill_resumes_after_restart(items: PgDatabase, receiver: Recei
         )
         assert min(endpoint.refused_reads()) == 3001
         assert server.snapshot_status("items_hook")["state"] == "running"  # type: ignore[index]
-    from heliosdb_cdc.store import Store
+    from heliosdb_cdc.store import SQLiteStore as Store
 
     saved = Store(cfg.state_dir).get_snapshot("items_hook")
     assert saved is not None and saved["state"] == "running"

@@ -1,6 +1,6 @@
 """Typed, immutable configuration mirroring the guide's structs.
 
-YAML keys: ``state_dir``, ``source``, ``cdc`` (CdcConfig), ``webhook``
+YAML keys: ``state_dir``, ``state`` (StateConfig), ``source``, ``cdc`` (CdcConfig), ``webhook``
 (WebhookConfig), ``webhooks`` (registrations), ``streams``, ``filters``, ``circuit_breaker``,
 ``transformations``, ``delivery``, ``security``, ``logging``. Strings may use
 ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); ``HELIOSDB_CDC_DSN`` fills
@@ -274,6 +274,27 @@ class SecurityConfig(_Model):
     )
 
 
+class StateConfig(_Model):
+    """Where the state lives: absent ``url``, SQLite under ``state_dir`` (docs/deployment.md)."""
+
+    url: SecretStr | None = None  # postgresql://user:${PASSWORD}@host/db; printed as **********
+    schema_name: str = Field("heliosdb_cdc", alias="schema")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and urlsplit(v.get_secret_value()).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL (leave it out for SQLite under state_dir)")
+        return v
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", v):
+            raise ValueError("must be a lowercase identifier: letters, digits, underscore")
+        return v
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = Field(False, alias="json")
@@ -286,6 +307,7 @@ class LoggingConfig(_Model):
 
 class Config(_Model):
     state_dir: str = "./.heliosdb-cdc"
+    state: StateConfig = StateConfig()
     source: SourceConfig = SourceConfig()
     cdc: CdcConfig = CdcConfig()
     webhook: WebhookConfig = WebhookConfig()

@@ -68,7 +68,7 @@ from .postgres import (
     table_oids,
 )
 from .sinks import Sink, WebhookSink, validate_webhook_stream, webhook_security_kwargs
-from .store import Store
+from .store import Store, open_store
 
 log = logging.getLogger("heliosdb_cdc")
 
@@ -188,7 +188,7 @@ class WebhookServer:
             from .server import check_http_security
 
             check_http_security(cfg)  # tokens required off loopback; TLS files load
-        self.store = Store(cfg.state_dir)
+        self.store = open_store(cfg)
         self.exactly_once = ExactlyOnce(self.store, cfg.webhook.exactly_once.window_secs)
         self.log = LocalLog(
             cfg.log_dir,
@@ -271,8 +271,12 @@ class WebhookServer:
         last = None
         while True:
             try:
-                await asyncio.to_thread(self._prepare_source_sync)
+                await asyncio.to_thread(self._prepare_source_sync, False)
+                # the publication before the slot: pgoutput reads it as of each change, and a
+                # change between the slot's start and the publication's creation (any write to
+                # the source, the state's own when it lives there) fails decoding for good
                 await self._sync_publication()
+                await asyncio.to_thread(self._prepare_source_sync, True)
                 self.source_error = None
                 return
             except SourceFatalError as exc:
@@ -287,11 +291,12 @@ class WebhookServer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.config.source.reconnect_max_delay_secs)
 
-    def _prepare_source_sync(self) -> None:
+    def _prepare_source_sync(self, slot: bool) -> None:
         conn = connect(self.dsn)
         try:
             check_server(conn)
-            self._check_slot(conn)
+            if slot:
+                self._check_slot(conn)
         finally:
             conn.close()
 

@@ -81,7 +81,7 @@ def sink_mark_key(stream: str) -> str:
     return f"sink_mark:{stream}"
 
 
-class Store:
+class SQLiteStore:
     """Thread-safe wrapper around one SQLite connection."""
 
     def __init__(self, state_dir: str | Path) -> None:
