@@ -34,6 +34,7 @@ from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
 from .delivery._circuit import CircuitBreakerRegistry, CircuitState
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
+from .pipeline._formats import build_formatter, check_stream_format, content_types
 from .postgres import format_lsn
 from .postgres._replication import Capture
 from .postgres._setup import (
@@ -69,6 +70,7 @@ def registration_stream(reg: WebhookRegistration, index: int | None = None) -> S
         secret=reg.secret,
         operations=reg.operations,
         filters=reg.filters,
+        format=reg.format,
     )
 
 
@@ -329,6 +331,7 @@ class WebhookServer:
                 semaphore=self._semaphore,
                 max_payload_bytes=wh.max_payload_bytes,
                 **webhook_security_kwargs(cfg, self.config),  # signature scheme, TLS, SSRF guard
+                **content_types(cfg.format),  # CloudEvents: application/cloudevents+json
             )
             return sink, dest.address
         if dest.type == "kafka":
@@ -373,6 +376,7 @@ class WebhookServer:
 
                 transform = compile_transformation(t).apply
                 break
+        check_stream_format(cfg, self.config.webhook.batch_size, transform is not None)
         return predicate, transform
 
     async def _start_runner(self, row: dict[str, Any]) -> StreamRunner:
@@ -394,6 +398,9 @@ class WebhookServer:
             predicate=predicate,
             transform=transform,
             needs_event=getattr(sink, "needs_event", False),
+            formatter=build_formatter(
+                cfg.format, cfg.destination.type, cfg.destination.options, self.dsn, self.config.database
+            ),
             checkpoint_interval=self.config.cdc.checkpoint_interval,
             poll_interval=self.config.cdc.poll_interval_ms / 1000.0,
         )
