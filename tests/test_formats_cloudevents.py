@@ -16,7 +16,7 @@ from heliosdb_cdc._errors import ConfigError, SqlError
 from heliosdb_cdc.pipeline._formats import CloudEventsFormat
 from heliosdb_cdc.sql import parse
 from tests.plugins.postgres import PgDatabase
-from tests.plugins.receiver import Receiver, start_receiver, verify_signature
+from tests.plugins.receiver import start_receiver, verify_signature
 
 SECRET = "your-webhook-secret"
 
@@ -104,8 +104,8 @@ def test_binary_header_values_are_percent_encoded() -> None:
         "operation": "INSERT",
         "database": "shop db",
         "table": "sales.orders",
-        "key": {"name": "é \"q\""},
-        "value": {"name": "é \"q\""},
+        "key": {"name": 'é "q"'},
+        "value": {"name": 'é "q"'},
         "old_value": None,
         "transaction_id": "txn_9",
     }
@@ -118,7 +118,9 @@ def test_binary_header_values_are_percent_encoded() -> None:
     assert parsed.get_subject() == key.decode()
     assert parsed.get_source() == "/heliosdb-cdc/shop%20db/sales.orders"
     kafka = CloudEventsFormat(binary=True, header_prefix="ce_")(event, key, 0)
-    assert kafka is not None and "ce_id" in kafka.headers and kafka.headers["content-type"] == "application/json"
+    assert (
+        kafka is not None and "ce_id" in kafka.headers and kafka.headers["content-type"] == "application/json"
+    )
 
 
 @pytest.mark.parametrize(
