@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from .._errors import SourceError
@@ -48,12 +48,15 @@ ColumnLookup = Callable[[str, frozenset[str]], list[Column] | None]
 # -- value conversions --------------------------------------------------------------------
 def _unscaled_bytes(unscaled: int) -> bytes:
     """Big-endian two's complement, shortest form (Java's BigInteger.toByteArray)."""
-    n = (unscaled.bit_length() + 8) // 8
+    bits = (unscaled if unscaled >= 0 else ~unscaled).bit_length()
+    n = bits // 8 + 1
     return unscaled.to_bytes(n, "big", signed=True)
 
 
 def _decimal_b64(value: Decimal, scale: int) -> str:
-    unscaled = int(value.scaleb(scale).to_integral_value())
+    with localcontext() as ctx:  # every digit: numeric holds up to 131072 of them
+        ctx.prec = len(value.as_tuple().digits) + abs(scale) + 2
+        unscaled = int(value.scaleb(scale).to_integral_value())
     return base64.b64encode(_unscaled_bytes(unscaled)).decode()
 
 
@@ -150,7 +153,8 @@ def _timetz(value: Any) -> Any:
     offset = (int(m[5]) * 3600 + int(m[6] or 0) * 60 + int(m[7] or 0)) * 1_000_000
     us = (us - offset if m[4] == "+" else us + offset) % (86_400 * 1_000_000)
     secs, micros = divmod(us, 1_000_000)
-    return f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{micros:06d}Z"
+    frac = f".{micros:06d}".rstrip("0").rstrip(".")  # ISO_OFFSET_TIME: only the digits needed
+    return f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}{frac}Z"
 
 
 _ISO_DURATION = re.compile(
@@ -179,14 +183,43 @@ def _interval(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> Any:
+    """JSON text as PostgreSQL prints jsonb (``{"a": [1, 2]}``), which Debezium passes on."""
     if value is None:
         return None
     from .._event import dumps
 
-    return dumps(value).decode()
+    def render(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{dumps(str(k)).decode()}: {render(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(render(x) for x in v) + "]"
+        return dumps(v).decode()
+
+    return render(value)
+
+
+def _int(value: Any, _typmod: int) -> Any:
+    return int(value) if isinstance(value, str) else value  # a domain's text form
+
+
+def _float(value: Any, _typmod: int) -> Any:
+    if isinstance(value, str) and value not in ("NaN", "Infinity", "-Infinity"):
+        return float(value)
+    return float(value) if isinstance(value, Decimal) else value
+
+
+def _bool(value: Any, _typmod: int) -> Any:
+    return value in ("t", "true") if isinstance(value, str) else value
 
 
 _BY_OID: dict[int, Callable[[Any, int], Any]] = {
+    21: _int,
+    23: _int,
+    20: _int,
+    26: _int,
+    700: _float,
+    701: _float,
+    16: _bool,
     1700: _numeric,
     790: lambda v, _t: _money(v),
     1082: lambda v, _t: _date(v),
@@ -388,12 +421,12 @@ def _txid(transaction_id: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def _commit_ms(event: Mapping[str, Any]) -> int:
+def _commit_us(event: Mapping[str, Any]) -> int:
     ts = str(event.get("timestamp") or "")
     if not ts:
         return 0
-    dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    return int(dt.timestamp() * 1000)
+    delta = datetime.fromisoformat(ts.replace("Z", "+00:00")) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,18 +462,18 @@ def envelope(
             for col in columns:
                 if after[col.name] == UNAVAILABLE and col.name in old:
                     after[col.name] = convert(old[col.name], col)
-    commit_ms = _commit_ms(event)
+    commit_us = _commit_us(event)
     now = now_us if now_us is not None else time.time_ns() // 1000
     source = {
         "version": version,
         "connector": "postgresql",
         "name": prefix,
-        "ts_ms": commit_ms,
+        "ts_ms": commit_us // 1000,
         "snapshot": snapshot or ("true" if op == "r" else "false"),
         "db": event.get("database", ""),
         "sequence": f'[null,"{lsn}"]',
-        "ts_us": commit_ms * 1000,
-        "ts_ns": commit_ms * 1_000_000,
+        "ts_us": commit_us,
+        "ts_ns": commit_us * 1000,
         "schema": schema,
         "table": table,
         "txId": _txid(str(event.get("transaction_id", ""))),
