@@ -362,3 +362,23 @@ async def test_kafka_key_tombstone_and_schema(
     assert after["balance"]["parameters"] == {"scale": "2", "connect.decimal.precision": "10"}
     assert after["opened"]["name"] == "io.debezium.time.Date"
     assert after["id"]["optional"] is False
+
+
+@pytest.mark.parametrize("doc", ["migrating-from-debezium.md", "kafka.md"])
+def test_documented_yaml_is_valid(doc: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    import yaml
+
+    from heliosdb_cdc._config import config_from_dict
+
+    for var in ("WEBHOOK_SECRET", "KAFKA_PASSWORD"):
+        monkeypatch.setenv(var, "s")
+    text = (ROOT / "docs" / doc).read_text()
+    blocks = [
+        b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith(("source:", "streams:"))
+    ]
+    formats = [
+        s["format"] for b in blocks for s in config_from_dict(yaml.safe_load(b)).model_dump()["streams"]
+    ]
+    assert "debezium" in formats
