@@ -1,6 +1,7 @@
 """HTTP webhook destination: signed POSTs over keep-alive connections (``_http.HttpPool``).
 
-Headers: ``Content-Type: application/json``, ``X-HeliosDB-Signature:
+Headers: ``Content-Type: application/json`` (``application/cloudevents+json`` with
+``format: cloudevents``), ``X-HeliosDB-Signature:
 sha256=<hex HMAC-SHA256 of the exact body>`` (one ``sha256=`` value per active
 secret, comma-separated, when secrets are rotated), ``X-HeliosDB-Event-ID``,
 ``X-HeliosDB-Timestamp`` (when the request was signed) and
