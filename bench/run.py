@@ -56,6 +56,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+import debezium_server  # noqa: E402
 import workload as wl  # noqa: E402
 
 from heliosdb_cdc._embedded import EmbeddedPostgres, free_port  # noqa: E402
@@ -799,14 +800,7 @@ class Bench:
             (wd / "conf" / "application.properties").write_text(
                 debezium_properties(self.pg.port, rec.url, wd)
             )
-            runner = next(dist.glob("debezium-server-*runner.jar"))
-            cmd = [
-                "java",
-                "-Xmx1g",
-                "-cp",
-                f"{runner}:{wd / 'conf'}:{dist / 'lib'}/*",
-                "io.debezium.server.Main",
-            ]
+            cmd = debezium_server.server_command(dist, wd / "conf")
             proc = spawn(cmd, wd / "debezium.log", cwd=wd)
             try:
 
@@ -905,46 +899,8 @@ class KafkaProgress:
 
 
 # -- peers: install --------------------------------------------------------------------------------
-DEBEZIUM_VERSION = "2.7.3.Final"
-
-
 def install_debezium() -> tuple[Path | None, str]:
-    base = CACHE / "debezium"
-    dist = base / "debezium-server"
-    if (dist / "lib").is_dir() and list(dist.glob("debezium-server-*runner.jar")):
-        return dist, "cached"
-    if shutil.which("java") is None:
-        return None, "java not found"
-    if shutil.which("mvn") is None:
-        return None, "mvn not found (needed to fetch the distribution from Maven Central)"
-    base.mkdir(parents=True, exist_ok=True)
-    tar = base / f"debezium-server-dist-{DEBEZIUM_VERSION}.tar.gz"
-    if not tar.exists():
-        try:
-            p = subprocess.run(
-                [
-                    "mvn",
-                    "-q",
-                    "-B",
-                    "dependency:copy",
-                    f"-Dartifact=io.debezium:debezium-server-dist:{DEBEZIUM_VERSION}:tar.gz",
-                    f"-DoutputDirectory={base}",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return None, f"mvn dependency:copy timed out after {INSTALL_TIMEOUT}s"
-        if p.returncode != 0 or not tar.exists():
-            return None, f"mvn dependency:copy failed: {(p.stdout + p.stderr)[-300:]}"
-    p2 = subprocess.run(
-        ["tar", "xzf", str(tar), "-C", str(base)], capture_output=True, text=True, check=False
-    )
-    if p2.returncode != 0:
-        return None, f"tar failed: {p2.stderr[-300:]}"
-    return dist, "installed"
+    return debezium_server.install_debezium(CACHE, INSTALL_TIMEOUT)
 
 
 def install_pgstream() -> tuple[Path | None, str]:

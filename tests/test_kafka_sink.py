@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from heliosdb_cdc._config import Destination
@@ -359,67 +358,45 @@ async def test_avro_self_describing_round_trip(kafka_bootstrap: str) -> None:
         assert rec["sequence"] == src.sequence
 
 
-class FakeSchemaRegistry:
-    """Just enough of the Confluent Schema Registry REST API."""
+def _registry_get(url: str) -> Any:
+    import urllib.request
 
-    def __init__(self) -> None:
-        self.schemas: dict[int, str] = {}
-        self.subjects: dict[str, list[int]] = defaultdict(list)
-        self.app = web.Application()
-        self.app.router.add_post("/subjects/{subject}/versions", self.register)
-        self.app.router.add_get("/schemas/ids/{id}", self.get)
-
-    async def register(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        schema = body["schema"]
-        sid = next((i for i, s in self.schemas.items() if s == schema), None)
-        if sid is None:
-            sid = len(self.schemas) + 1
-            self.schemas[sid] = schema
-        subject = request.match_info["subject"]
-        if sid not in self.subjects[subject]:
-            self.subjects[subject].append(sid)
-        return web.json_response({"id": sid})
-
-    async def get(self, request: web.Request) -> web.Response:
-        return web.json_response({"schema": self.schemas[int(request.match_info["id"])]})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return orjson.loads(resp.read())
 
 
 @pytest.mark.kafka
-async def test_avro_confluent_wire_format_round_trip(kafka_bootstrap: str) -> None:
-    reg = FakeSchemaRegistry()
-    runner = web.AppRunner(reg.app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        dest = _dest(kafka_bootstrap, schema_registry_url=f"http://127.0.0.1:{port}")
-        sink = KafkaSink(dest, "confluent", format="avro")
-        assert isinstance(sink.avro, AvroEncoder)
-        await sink.start()
-        batch = make_events(4) + make_events(2, start=5, table="customers")
-        res = await sink.send(batch)
-        assert all(r.ok for r in res), res
-        await sink.close()
-    finally:
-        await runner.cleanup()
-    assert len(reg.schemas) == 2  # one per table
+async def test_avro_confluent_wire_format_round_trip(kafka_bootstrap: str, schema_registry_url: str) -> None:
+    """Against a real Confluent-compatible registry (tests/plugins/schema_registry.py)."""
+    dest = _dest(kafka_bootstrap, schema_registry_url=schema_registry_url)
+    sink = KafkaSink(dest, "confluent", format="avro")
+    assert isinstance(sink.avro, AvroEncoder)
+    await sink.start()
+    batch = make_events(4) + make_events(2, start=5, table="customers")
+    res = await sink.send(batch)
+    assert all(r.ok for r in res), res
+    await sink.close()
     assert dest.topic
-    assert set(reg.subjects) == {
+    subjects = {
         f"{dest.topic}-heliosdb.cdc.orders_event",
         f"{dest.topic}-heliosdb.cdc.customers_event",
     }
+    assert subjects <= set(_registry_get(f"{schema_registry_url}/subjects"))
     msgs = consume(kafka_bootstrap, dest.topic, 6)
     assert len(msgs) == 6
+    schemas: dict[int, str] = {}
     for m in msgs:
         assert m.value()[0] == 0
-        rec = decode_confluent(m.value(), reg.schemas)
+        sid = int.from_bytes(m.value()[1:5], "big")
+        if sid not in schemas:
+            schemas[sid] = _registry_get(f"{schema_registry_url}/schemas/ids/{sid}")["schema"]
+        rec = decode_confluent(m.value(), schemas)
         src = next(e for e in batch if e.event_id == rec["event_id"])
         assert src.event is not None
         assert rec["table"] == src.table
         assert rec["value"]["status"] == src.event["value"]["status"]
         assert SCHEMA_HEADER not in dict(m.headers() or [])
+    assert len(schemas) == 2  # one per table
 
 
 class _LostCommitAnswer:

@@ -27,6 +27,7 @@ TOP_LEVEL = {
         "_config_errors",
         "_errors",
         "_event",
+        "_format_names",
         "_input",
         "_logging",
         "_metrics",

@@ -345,7 +345,7 @@ KAFKA = "CREATE CHANGE DATA CAPTURE ON orders TO KAFKA 'localhost:9092'"
         ),
         (
             KAFKA + " TOPIC 't' FORMAT XML",
-            "expected JSON or AVRO after FORMAT at line 1, column 81, found 'XML'",
+            "expected JSON, AVRO, DEBEZIUM or CLOUDEVENTS after FORMAT at line 1, column 81, found 'XML'",
             1,
             81,
         ),

@@ -30,6 +30,7 @@ from pydantic import (
 from ._config_errors import AtKey, problems
 from ._errors import ConfigError
 from ._event import OperationType
+from ._format_names import FormatName, format_problem, normalize_format
 from ._yaml import load_yaml
 
 
@@ -163,8 +164,18 @@ class WebhookRegistration(_Model):
     operations: OperationList = Field(default_factory=list)
     filters: list[FilterConfig] = Field(default_factory=list)
     name: str | None = None
+    # the event format: heliosdb (= json, the default), debezium, cloudevents, cloudevents-binary
+    format: FormatName = "json"
 
     _url = field_validator("url")(classmethod(lambda cls, v: _check_url(v)))
+    _format = field_validator("format", mode="before")(classmethod(lambda cls, v: normalize_format(v)))
+
+    @model_validator(mode="after")
+    def _check_format(self) -> WebhookRegistration:
+        problem = format_problem(self.format, "webhook")
+        if problem:
+            raise AtKey(problem, "format")
+        return self
 
 
 class Destination(_Model):
@@ -192,7 +203,7 @@ class StreamConfig(_Model):
     name: str
     tables: list[str]
     destination: Destination
-    format: Literal["json", "avro"] = "json"
+    format: FormatName = "json"
     secret: SecretStr | None = None
     operations: OperationList = Field(default_factory=list)
     filters: list[FilterConfig] = Field(default_factory=list)
@@ -201,12 +212,14 @@ class StreamConfig(_Model):
     @field_validator("format", mode="before")
     @classmethod
     def _fmt(cls, v: Any) -> Any:
-        return v.lower() if isinstance(v, str) else v
+        return normalize_format(v)
 
     @model_validator(mode="after")
     def _check(self) -> StreamConfig:
-        if self.format == "avro" and self.destination.type == "webhook":
-            raise AtKey("FORMAT AVRO is for Kafka and Kinesis; webhooks receive JSON", "format")
+        dest = self.destination
+        problem = format_problem(self.format, dest.type, int(dest.options.get("batch_size", 1) or 1))
+        if problem:
+            raise AtKey(problem, "format")
         return self
 
 

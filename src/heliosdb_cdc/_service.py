@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -50,12 +51,14 @@ from ._metrics import (
 )
 from .delivery import CircuitBreakerRegistry, StreamRunner, make_router
 from .journal import LocalLog
+from .pipeline import build_formatter, check_stream_format, content_types
 from .postgres import (
     Capture,
     PublishedTables,
     alter_publication,
     check_server,
     connect,
+    debezium_column_rows,
     emit_table_change,
     ensure_publication,
     ensure_slot,
@@ -89,6 +92,7 @@ def registration_stream(reg: WebhookRegistration, index: int | None = None) -> S
         secret=reg.secret,
         operations=reg.operations,
         filters=reg.filters,
+        format=reg.format,
     )
 
 
@@ -456,6 +460,7 @@ class WebhookServer:
                 semaphore=self._semaphore,
                 max_payload_bytes=wh.max_payload_bytes,
                 **webhook_security_kwargs(cfg, self.config),  # signature scheme, TLS, SSRF guard
+                **content_types(cfg.format),  # CloudEvents: application/cloudevents+json
             )
             return sink, dest.address
         if dest.type == "kafka":
@@ -500,6 +505,7 @@ class WebhookServer:
 
                 transform = compile_transformation(t).apply
                 break
+        check_stream_format(cfg, self.config.webhook.batch_size, transform is not None)
         return predicate, transform
 
     async def _start_runner(self, row: dict[str, Any]) -> StreamRunner:
@@ -521,6 +527,13 @@ class WebhookServer:
             predicate=predicate,
             transform=transform,
             needs_event=sink.needs_event,
+            formatter=build_formatter(
+                cfg.format,
+                cfg.destination.type,
+                cfg.destination.options,
+                functools.partial(debezium_column_rows, self.dsn),
+                self.config.database,
+            ),
             checkpoint_interval=self.config.cdc.checkpoint_interval,
             poll_interval=self.config.cdc.poll_interval_ms / 1000.0,
         )

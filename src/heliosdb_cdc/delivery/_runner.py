@@ -57,6 +57,8 @@ _DEAD = object()  # marker: the event went to dead letters while being prepared
 
 EventPredicate = Callable[[dict[str, Any]], bool]
 BodyTransform = Callable[[dict[str, Any]], bytes]
+# format != json: (event, canonical key, commit LSN) -> Formatted (pipeline/_formats.py)
+EventFormatter = Callable[[dict[str, Any], bytes, int], Any]
 
 
 def decode_event(body: bytes) -> dict[str, Any]:
@@ -140,6 +142,7 @@ class StreamRunner:
         predicate: EventPredicate | None = None,
         transform: BodyTransform | None = None,
         needs_event: bool = False,
+        formatter: EventFormatter | None = None,
         checkpoint_interval: int = 1000,
         poll_interval: float = 0.05,
         max_inflight: int = 10_000,
@@ -156,7 +159,10 @@ class StreamRunner:
         self.route = route
         self.predicate = predicate
         self.transform = transform
-        self.needs_event = needs_event or predicate is not None or transform is not None
+        self.formatter = formatter
+        self.needs_event = (
+            needs_event or predicate is not None or transform is not None or formatter is not None
+        )
         # a destination that keeps its own exactly-once position (Kafka transactions) or
         # one that is only in memory needs no delivery records
         self.record_deliveries = exactly_once.enabled and not sink.tracks_position
@@ -404,7 +410,7 @@ class StreamRunner:
                         OutboundEvent(event["event_id"], rec.seq, table, "READ", key, body, ""),
                     )
                     return None
-        return OutboundEvent(
+        out = OutboundEvent(
             event_id=event["event_id"],
             sequence=rec.seq,
             table=table,
@@ -415,6 +421,14 @@ class StreamRunner:
             commit_ts_us=0,
             event=event if self.needs_event else None,
         )
+        if self.formatter is not None:
+            try:
+                if not self._apply_format(out, event, rec.lsn):
+                    return None
+            except Exception as exc:
+                self._note_error(f"format {getattr(self.formatter, 'name', '')} failed: {exc}", out)
+                return None
+        return out
 
     def _outbound(self, rec: Record) -> OutboundEvent | object | None:
         event_id = rec.event_id
@@ -435,7 +449,7 @@ class StreamRunner:
                     body = self.transform(event)
                 except Exception as exc:
                     return self._failed_event(rec, event, f"transformation failed: {exc}")
-        return OutboundEvent(
+        out = OutboundEvent(
             event_id=event_id,
             sequence=rec.seq,
             table=rec.table,
@@ -446,6 +460,29 @@ class StreamRunner:
             commit_ts_us=rec.ts_us,
             event=event,
         )
+        if self.formatter is not None and event is not None:
+            try:
+                if not self._apply_format(out, event, rec.lsn):
+                    return None  # the format has no form for this event (Debezium: TRUNCATE)
+            except Exception as exc:
+                name = getattr(self.formatter, "name", "")
+                return self._failed_event(rec, event, f"format {name} failed: {exc}")
+        return out
+
+    def _apply_format(self, out: OutboundEvent, event: dict[str, Any], lsn: int) -> bool:
+        """The stream's format (debezium, cloudevents): body, headers, key of the record;
+        False when the format skips the event."""
+        assert self.formatter is not None
+        f = self.formatter(event, out.key, lsn)
+        if f is None:
+            return False
+        out.body = f.body
+        if f.headers:
+            out.headers = {**out.headers, **f.headers}
+        if f.key is not None:
+            out.key = f.key
+        out.tombstone = f.tombstone
+        return True
 
     def _failed_event(self, rec: Record, event: dict[str, Any] | None, error: str) -> object:
         """An event the stream cannot shape: to dead letters with the reason; the stream goes on."""

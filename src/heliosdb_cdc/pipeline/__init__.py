@@ -4,6 +4,7 @@ See docs/filtering.md and docs/transformations.md.
 """
 
 from ._filter import CompiledFilter, EventFilter, FilterChain, TableMatcher, compile_filter
+from ._formats import build_formatter, check_stream_format, content_types
 from ._predicate import Predicate, compile_predicate
 from ._transform import (
     SAMPLE_EVENT,
@@ -21,7 +22,10 @@ __all__ = [
     "TableMatcher",
     "TransformRegistry",
     "Transformation",
+    "build_formatter",
+    "check_stream_format",
     "compile_filter",
     "compile_predicate",
     "compile_transformation",
+    "content_types",
 ]

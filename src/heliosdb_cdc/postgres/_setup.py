@@ -335,3 +335,34 @@ def emit_table_change(conn: psycopg2.extensions.connection, content: bytes) -> N
 
     with conn.cursor() as cur:
         cur.execute("SELECT pg_logical_emit_message(true, %s, %s::bytea)", (TABLE_CHANGE_PREFIX, content))
+
+
+_DEBEZIUM_COLUMNS_SQL = """
+SELECT a.attname,
+       CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
+       CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+       coalesce(a.attnum = ANY (i.indkey), false),
+       CASE WHEN bt.typcategory = 'A' OR t.typcategory = 'A'
+            THEN coalesce(nullif(bt.typelem, 0), t.typelem) ELSE 0 END,
+       NOT a.attnotnull
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type bt ON bt.oid = t.typbasetype
+LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+ORDER BY a.attnum
+"""
+
+
+def debezium_column_rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
+    """Per column of ``schema.table``: name, type OID (a domain's base type), typmod,
+    part of the primary key, array element type OID (0: not an array), nullable."""
+    schema, name = split_table(table)
+    regclass = ".".join('"' + part.replace('"', '""') + '"' for part in (schema, name))
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_DEBEZIUM_COLUMNS_SQL, (regclass,))
+            return list(cur.fetchall())
+    finally:
+        conn.close()

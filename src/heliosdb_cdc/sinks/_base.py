@@ -34,6 +34,7 @@ class OutboundEvent:
     commit_ts_us: int = 0
     event: dict[str, Any] | None = None  # decoded event when a sink needs fields
     headers: dict[str, str] = field(default_factory=dict)
+    tombstone: bool = False  # Kafka: follow the record with a null-valued one (Debezium, deletes)
 
 
 @dataclass(slots=True, frozen=True)

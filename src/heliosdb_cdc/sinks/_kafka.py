@@ -1,7 +1,9 @@
 """Kafka destination (confluent-kafka / librdkafka), exactly once with transactions.
 
-Each record: key = the event's key (canonical JSON), value = the body (event
-JSON, or Avro with FORMAT AVRO), headers ``heliosdb.event_id``,
+Each record: key = the event's key (canonical JSON; Debezium's key with FORMAT
+DEBEZIUM), value = the body (event JSON, Avro with FORMAT AVRO, Debezium's
+envelope, a CloudEvent; with ``debezium_tombstones`` a null-valued tombstone
+follows each delete), headers ``heliosdb.event_id``,
 ``heliosdb.table``, ``heliosdb.operation``, ``heliosdb.sequence`` (+ the event's
 own headers, + the Avro schema headers for self-describing Avro). Records of
 one key go to one partition (murmur2, the Java client's partitioner), so they
@@ -98,7 +100,7 @@ def _is_permanent(err: KafkaError) -> bool:
 class _Record:
     index: int
     key: bytes
-    value: bytes
+    value: bytes | None  # None: a tombstone (Debezium format, after a delete)
     headers: list[tuple[str, bytes]]
     timestamp_ms: int | None
     sequence: int
@@ -371,6 +373,8 @@ class KafkaSink(Sink):
             headers.extend((k, v.encode()) for k, v in ev.headers.items())
             ts = ev.commit_ts_us // 1000 if ev.commit_ts_us else None
             records.append(_Record(i, ev.key, value, headers, ts, ev.sequence))
+            if ev.tombstone:  # same key, null value: log compaction may drop the row's records
+                records.append(_Record(i, ev.key, None, headers, ts, ev.sequence))
         last_seq = max(ev.sequence for ev in batch)
         async with self._lock:
             if self._closed:
@@ -431,7 +435,7 @@ class KafkaSink(Sink):
                 err = exc.args[0]
                 results[rec.index] = SinkResult(
                     Outcome.FAILED if _is_permanent(err) else Outcome.RETRY,
-                    error=f"Kafka refused record ({len(rec.value)} bytes): {err.str()}",
+                    error=f"Kafka refused record ({len(rec.value or b'')} bytes): {err.str()}",
                 )
                 return False
 
@@ -478,7 +482,7 @@ class KafkaSink(Sink):
                             err = permanent[r.index]
                             results[r.index] = SinkResult(
                                 Outcome.FAILED,
-                                error=f"Kafka refused record ({len(r.value)} bytes): {err.str()}",
+                                error=f"Kafka refused record ({len(r.value or b'')} bytes): {err.str()}",
                             )
                     pending = [r for r in pending if r.index not in permanent]
                     continue  # retry the transaction without the refused records

@@ -1,6 +1,7 @@
 """HTTP webhook destination: signed POSTs over keep-alive connections (``_http.HttpPool``).
 
-Headers: ``Content-Type: application/json``, ``X-HeliosDB-Signature:
+Headers: ``Content-Type: application/json`` (``application/cloudevents+json`` with
+``format: cloudevents``), ``X-HeliosDB-Signature:
 sha256=<hex HMAC-SHA256 of the exact body>`` (one ``sha256=`` value per active
 secret, comma-separated, when secrets are rotated), ``X-HeliosDB-Event-ID``,
 ``X-HeliosDB-Timestamp`` (when the request was signed) and
@@ -34,8 +35,7 @@ from ._ssrf import SsrfGuard, SsrfRefused
 
 RETRYABLE_4XX = frozenset({408, 425, 429})
 _HEAD = (
-    b"Content-Type: application/json\r\n"
-    b"X-HeliosDB-Event-ID: %s\r\nX-HeliosDB-Timestamp: %s\r\nX-HeliosDB-Sequence: %d\r\n"
+    b"Content-Type: %s\r\nX-HeliosDB-Event-ID: %s\r\nX-HeliosDB-Timestamp: %s\r\nX-HeliosDB-Sequence: %d\r\n"
 )
 
 
@@ -105,6 +105,8 @@ class WebhookSink(Sink):
         extra_headers: dict[str, str] | None = None,
         signature_scheme: str = "heliosdb",
         ssrf_guard: SsrfGuard | None = None,
+        content_type: str = "application/json",
+        batch_content_type: str = "application/json",
     ) -> None:
         self.url = url
         self.secrets = [s for s in secrets if s]
@@ -118,6 +120,9 @@ class WebhookSink(Sink):
         self.ssl_context = ssl_context
         self.max_payload_bytes = max_payload_bytes
         self.extra_headers = extra_headers or {}
+        # CloudEvents structured mode: application/cloudevents+json (-batch+json for arrays)
+        self._content_type = content_type.encode()
+        self._batch_content_type = batch_content_type.encode()
         self._extra = _encode_headers(self.extra_headers)
         # security (docs/security.md): Standard Webhooks keys, connect-time SSRF guard
         self.signature_scheme = signature_scheme
@@ -145,7 +150,8 @@ class WebhookSink(Sink):
 
     def _header_bytes(self, body: bytes, events: Sequence[OutboundEvent]) -> bytes:
         first = events[0]
-        head = _HEAD % (first.event_id.encode(), _now_header().encode(), first.sequence)
+        ctype = self._batch_content_type if self.batch_mode else self._content_type
+        head = _HEAD % (ctype, first.event_id.encode(), _now_header().encode(), first.sequence)
         if len(events) > 1:
             head += b"X-HeliosDB-Event-Count: %d\r\n" % len(events)
         if self._std_keys:

@@ -11,6 +11,7 @@ from pydantic import SecretStr, ValidationError
 from .._config import Destination, FilterConfig, StreamConfig
 from .._errors import SqlError
 from .._event import OperationType
+from .._format_names import FormatName
 
 DestinationType = Literal["kafka", "kinesis", "webhook"]
 AlterAction = Literal["pause", "resume", "backfill", "cancel_backfill"]
@@ -30,7 +31,7 @@ class CreateStream:
     address: str
     topic: str | None = None
     region: str | None = None
-    format: Literal["json", "avro"] = "json"
+    format: FormatName = "json"
     secret: str | None = field(default=None, repr=False)
     snapshot: Literal["initial", "none"] = "none"
     operations: tuple[str, ...] = ()

@@ -19,6 +19,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from .._errors import SqlError
 from .._event import OperationType
+from .._format_names import format_problem
 from .._names import name_problem
 from ._ast import (
     AlterAction,
@@ -140,6 +141,9 @@ _KEYWORD_ORDER = [
     "AS",
     "JSON",
     "AVRO",
+    "DEBEZIUM",
+    "CLOUDEVENTS",
+    "BINARY",
     "INITIAL",
     "NONE",
     "PAUSE",
@@ -431,6 +435,8 @@ class _Builder:
 
         topic, region = value("TOPIC"), value("REGION")
         fmt = value("FORMAT") or "json"
+        if "FORMAT" in opts and len(opts["FORMAT"].children) == 2:
+            fmt = "cloudevents-binary"  # FORMAT CLOUDEVENTS BINARY
         if dest == "kafka":
             if topic is None:
                 missing("TOPIC", "a Kafka stream needs TOPIC 'topic-name'")
@@ -457,8 +463,9 @@ class _Builder:
                     address_tok,
                     f"the webhook URL {address!r} is not an http(s) URL with a host",
                 )
-            if fmt == "avro":
-                self.at(opts["FORMAT"], "FORMAT AVRO is for Kafka and Kinesis; webhooks receive JSON")
+        problem = format_problem(fmt, dest)
+        if problem:
+            self.at(opts["FORMAT"], problem)
         for key in ("TOPIC", "REGION", "SECRET"):
             v = value(key)
             if v is not None and not v.strip():
