@@ -44,6 +44,7 @@ from .postgres._setup import (
     resolve_tables,
     slot_stats,
     table_columns,
+    unpublished_columns,
 )
 from .sinks._base import Sink
 from .sinks._webhook import WebhookSink
@@ -123,6 +124,7 @@ class WebhookServer:
         self._semaphore = asyncio.Semaphore(config.webhook.max_concurrent_requests)
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
+        self.unpublished: dict[str, list[str]] = {}  # table -> generated columns events lack
         self.snapshots: dict[str, Any] = {}
         self._started = False
 
@@ -175,6 +177,7 @@ class WebhookServer:
             status_interval=cfg.source.status_interval_secs,
             reconnect_max_delay=cfg.source.reconnect_max_delay_secs,
             decode_worker=cfg.cdc.decode_worker,
+            store=self.store,
         )
         self._loop = asyncio.get_running_loop()
         self.capture.start()
@@ -266,6 +269,14 @@ class WebhookServer:
                 except SourceError as exc:
                     log.warning("%s: not captured", exc)
             await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
+            self.unpublished = await asyncio.to_thread(unpublished_columns, conn, sorted(wanted))
+            for table, cols in self.unpublished.items():
+                log.warning(
+                    "table %s: generated column(s) %s are not in its events (PostgreSQL before 18 "
+                    "does not publish them)",
+                    table,
+                    ", ".join(cols),
+                )
         finally:
             conn.close()
 
@@ -580,6 +591,11 @@ class WebhookServer:
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
             "snapshot": _snapshot_summary(self.snapshot_status(name)),
+            "unpublished_columns": {
+                t: c
+                for t, c in self.unpublished.items()
+                if "*" in cfg["tables"] or t in {x.removeprefix("public.") for x in cfg["tables"]}
+            },
         }
 
     # -- snapshots and backfills ------------------------------------------------------------
