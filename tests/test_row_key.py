@@ -61,3 +61,25 @@ async def test_key_and_per_row_order_under_every_replica_identity(
         assert [e["key"] for e in evs] == [want, want], identity
         assert [e["operation"] for e in evs] == ["INSERT", "UPDATE"], f"row {i} out of order ({identity})"
     assert len(per_row) == ROWS
+
+
+async def test_backfill_keys_rows_like_change_events(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
+    """READ events of a backfill carry the same key as the row's change events."""
+    pg_db.execute(
+        "CREATE TABLE rk (id int PRIMARY KEY, code text NOT NULL, n int);"
+        "CREATE UNIQUE INDEX rk_code ON rk (code);"
+        "ALTER TABLE rk REPLICA IDENTITY USING INDEX rk_code;"
+        "INSERT INTO rk VALUES (1, 'a', 0)"
+    )
+    async with WebhookServer(make_config(pg_db, tmp_path)) as server:
+        name = await server.register(
+            WebhookRegistration(url=receiver.url, secret=receiver.secret, tables=["rk"])
+        )
+        await server.start_snapshot(name, "backfill", None)
+        (read,) = await receiver.wait_for(1)
+        pg_db.execute("UPDATE rk SET n = 1 WHERE id = 1")
+        events = await receiver.wait_for(2)
+    assert [e["operation"] for e in events] == ["READ", "UPDATE"]
+    assert [e["key"] for e in events] == [{"code": "a"}, {"code": "a"}]

@@ -49,7 +49,7 @@ def _webhook() -> dict[str, Any]:
 JSON_DOCS = [
     # duplicate keys, key order and every digit of json; numbers jsonb would round as floats
     ('{"b": 1, "a": 3.14159265358979323846264338327950288, "b": 2}', '{"x": 1e-400, "y": 1.5}'),
-    ('[1e-400, 123456789012345678901234567890.000000000000000001]', '"text"'),
+    ("[1e-400, 123456789012345678901234567890.000000000000000001]", '"text"'),
 ]
 
 
@@ -60,7 +60,9 @@ async def test_json_and_jsonb_arrive_as_postgres_wrote_them(
     server = await _serve(pg_db, receiver, tmp_path, ["docs"])
     try:
         for i, (j, jb) in enumerate(JSON_DOCS):
-            pg_db.execute("INSERT INTO docs VALUES (%s, %s, %s, ARRAY[%s::json, %s::json])", (i, j, jb, j, jb))
+            pg_db.execute(
+                "INSERT INTO docs VALUES (%s, %s, %s, ARRAY[%s::json, %s::json])", (i, j, jb, j, jb)
+            )
         pg_db.execute("UPDATE docs SET b = b WHERE id = 0")  # the general (non-INSERT) path
         bodies = await _bodies(receiver, 3)
     finally:
@@ -76,7 +78,9 @@ async def test_json_and_jsonb_arrive_as_postgres_wrote_them(
     assert _event(bodies[0])["value"]["j"]["a"] == Decimal("3.14159265358979323846264338327950288")
 
 
-async def test_arrays_domains_money_and_bc_dates(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
+async def test_arrays_domains_money_and_bc_dates(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
     pg_db.execute(
         """
         CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');

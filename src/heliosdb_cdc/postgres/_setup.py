@@ -88,7 +88,9 @@ def table_columns(conn: psycopg2.extensions.connection, table: str) -> list[dict
             "coalesce(a.attnum = ANY(i.indkey), false), a.attgenerated <> '' "
             "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary "
+            # the row's key, as in change events: the identity index under USING INDEX
+            "LEFT JOIN pg_index i ON i.indrelid = c.oid "
+            "AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END "
             "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
             "ORDER BY a.attnum",
             (schema, name),
