@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from heliosdb_cdc import WebhookRegistration, WebhookServer
+from heliosdb_cdc import FilterConfig, WebhookRegistration, WebhookServer
 from heliosdb_cdc._embedded import free_port
 from heliosdb_cdc._metrics import CAPTURE_UNDECODABLE
 from heliosdb_cdc.postgres import _types
@@ -159,6 +159,36 @@ async def test_deeply_nested_jsonb_does_not_stop_capture(
     assert b'"doc":' + deep.encode() + b"}" in bodies[0]  # the poison row, intact
     assert b'"doc":[' + deep.encode() + b"]}" in bodies[1]
     assert [b'"id":%d' % i in body for i, body in zip([1, 1, 2, 3, 4], bodies, strict=True)] == [True] * 5
+
+
+async def test_a_filtered_stream_dead_letters_what_it_cannot_read(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A stream whose predicate needs the event parsed cannot read a value nested deeper than
+    the parser goes: that event is a dead letter of the stream, the next ones arrive."""
+    deep = "[" * 1500 + "]" * 1500
+    pg_db.execute("CREATE TABLE t (id int PRIMARY KEY, doc jsonb)")
+    server = WebhookServer(make_config(pg_db, tmp_path, webhook=_webhook()))
+    await server.start()
+    try:
+        name = await server.register(
+            WebhookRegistration(
+                url=receiver.url,
+                secret=receiver.secret,
+                tables=["t"],
+                filters=[FilterConfig(predicate="id > 0")],
+            )
+        )
+        pg_db.execute("INSERT INTO t VALUES (1, %s)", (deep,))
+        pg_db.execute("INSERT INTO t VALUES (2, '[]')")
+        bodies = await _bodies(receiver, 1)
+        assert server.store is not None
+        dead = server.store.list_dead_letters(name)
+    finally:
+        await server.stop()
+    assert [_event(b)["key"] for b in bodies] == [{"id": 2}]
+    assert [d["table"] for d in dead] == ["t"]
+    assert dead[0]["error"].startswith("event cannot be read for filters/transforms: maximum recursion")
 
 
 async def test_a_row_that_cannot_become_an_event_is_dead_lettered(
