@@ -78,7 +78,7 @@ async def test_backfill_keys_rows_like_change_events(
             WebhookRegistration(url=receiver.url, secret=receiver.secret, tables=["rk"])
         )
         await server.start_snapshot(name, "backfill", None)
-        (read,) = await receiver.wait_for(1)
+        await receiver.wait_for(1)
         pg_db.execute("UPDATE rk SET n = 1 WHERE id = 1")
         events = await receiver.wait_for(2)
     assert [e["operation"] for e in events] == ["READ", "UPDATE"]
