@@ -278,6 +278,7 @@ class Capture:
                     hint = self._relation_hint(msg.payload, in_stream)
                     if hint is not None:
                         payloads.append(hint)
+                        pending += len(hint)  # a batch's bytes are subtracted whole when written
                 elif kind == b"S" or kind == b"E":
                     in_stream = kind == b"S"
                 payloads.append(msg.payload)
