@@ -18,11 +18,16 @@ ROWS = 6
 
 
 @pytest.mark.parametrize(
-    ("identity", "key_col"),
-    [("DEFAULT", "id"), ("FULL", "id"), ("USING INDEX rk_code", "code")],
+    ("identity", "key_col", "decode_worker"),
+    [
+        ("DEFAULT", "id", False),
+        ("FULL", "id", False),
+        ("FULL", "id", True),  # the catalog's key reaches the decoder in its worker process too
+        ("USING INDEX rk_code", "code", False),
+    ],
 )
 async def test_key_and_per_row_order_under_every_replica_identity(
-    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path, identity: str, key_col: str
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path, identity: str, key_col: str, decode_worker: bool
 ) -> None:
     pg_db.execute(
         "CREATE TABLE rk (id int PRIMARY KEY, code text NOT NULL, n int);"
@@ -46,7 +51,8 @@ async def test_key_and_per_row_order_under_every_replica_identity(
         "worker_pool_size": 16,
         "batch_size": 1,
     }
-    async with WebhookServer(make_config(pg_db, tmp_path, webhook=webhook)) as server:
+    cfg = make_config(pg_db, tmp_path, webhook=webhook, cdc={"decode_worker": decode_worker})
+    async with WebhookServer(cfg) as server:
         await server.register(WebhookRegistration(url=receiver.url, secret=receiver.secret, tables=["rk"]))
         for i in range(ROWS):
             pg_db.execute("INSERT INTO rk VALUES (%s, %s, 0)", (i, f"c{i}"))
