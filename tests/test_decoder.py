@@ -222,22 +222,31 @@ def test_skip_through_lsn_skips_logged_transactions() -> None:
     assert [e.event_id for e in full[-2:]] == [e.event_id for e in evs]
 
 
-def test_change_for_unknown_relation() -> None:
-    dec = ChangeDecoder("db")
-    with pytest.raises(DecodeError, match="never described"):
-        run(dec, txn(0x10, b.insert(999, ["1"])))
-    dec = ChangeDecoder("db")
-    with pytest.raises(DecodeError, match="never described"):
-        run(dec, txn(0x10, b.delete(999, ["1"])))
+def test_change_for_unknown_relation_is_dead_lettered_and_capture_goes_on() -> None:
+    for change in (b.insert(999, ["1"]), b.delete(999, ["1"])):
+        dec = ChangeDecoder("db")
+        out = run(dec, [orders_rel(), b.begin(0x10, TS, 1), change, b.insert(ORDERS, ["2", "x", "1"]),
+                        b.commit(0x10, 0x18, TS)])  # fmt: skip
+        (bad,) = dec.undecodable
+        assert "never described" in bad.error and bad.table == "relation oid 999"
+        assert bad.payload == change and bad.event_id == "evt_0000000000000010_000001"
+        (ev,) = events(out)  # the next row still arrives, with its own place in the transaction
+        assert ev.key == {"id": 2} and ev.event_id == "evt_0000000000000010_000002"
+        assert ev.sequence == 1  # a dead-lettered row takes no sequence number
 
 
-def test_truncated_insert_is_decode_error() -> None:
+def test_truncated_row_is_dead_lettered() -> None:
     dec = ChangeDecoder("db")
     run(dec, [orders_rel(), b.begin(0x10, TS, 1)])
+    n = 0
     for raw in (b.insert(ORDERS, ["1", "hello", "2"]), b.insert(ORDERS, ["1", None, b"\x00\x01\x02"])):
         for cut in range(1, len(raw)):
-            with pytest.raises(DecodeError):
-                dec.feed(raw[:cut])
+            for feed in (dec.feed, dec.feed_records):
+                assert feed(raw[:cut]) == []
+                n += 1
+                assert dec.undecodable[-1].payload == raw[:cut]
+                assert "DecodeError" in dec.undecodable[-1].error
+    assert len(dec.undecodable) == n and dec.next_sequence == 1
 
 
 # the encoded INSERT path (capture's) and the general path must give the same bytes
@@ -317,7 +326,7 @@ def test_encoded_insert_keeps_big_json_integers_and_specials() -> None:
     assert ev["key"] == {"id": 1} and rec.key == b'{"id":1}'
     # every digit of a jsonb integer beyond 64 bits (orjson alone would give a float)
     assert json.loads(rec.body)["value"]["doc"] == {"n": 123456789012345678901234567890}
-    assert b'"doc":{"n":123456789012345678901234567890}' in rec.body
+    assert b'"doc":{"n": 123456789012345678901234567890}' in rec.body  # as PostgreSQL wrote it
     assert list(ev) == ["event_id", "timestamp", "sequence", "operation", "database", "table",
                         "key", "value", "old_value", "transaction_id"]  # fmt: skip
 

@@ -62,8 +62,14 @@ def test_worker_skips_what_the_log_holds_and_reports_errors() -> None:
     try:
         batches = [worker.collect(worker.submit(p)) for p in payloads()]
         assert [r.lsn for batch in batches for r in batch.events] == [0x30]
-        with pytest.raises(DecodeError, match="never described"):
-            worker.collect(worker.submit([b.begin(0x40, TS, 10), b.insert(999, ["1"])]))
+        # a row that cannot become an event comes back for dead letters, raw
+        batch = worker.collect(worker.submit([b.begin(0x40, TS, 10), b.insert(999, ["1"])]))
+        (bad,) = batch.undecodable
+        assert "never described" in bad.error and bad.payload == b.insert(999, ["1"])
+        assert batch.events == [] and batch.notices
+        # a broken protocol message (not a row) is still an error of the session
+        with pytest.raises(DecodeError, match="truncated"):
+            worker.collect(worker.submit([b.begin(0x50, TS, 11)[:5]]))
     finally:
         worker.close()
 

@@ -78,6 +78,7 @@ def test_alert_rules_cover_the_guide_and_operations() -> None:
         "heliosdb_cdc_replication_slot_retained_wal_bytes",
         "heliosdb_cdc_replication_connected",
         "heliosdb_cdc_dead_letters_total",
+        "heliosdb_cdc_capture_undecodable_total",
         'heliosdb_webhook_delivery_total{status="failure"}',
     ):
         assert metric in exprs, f"no alert on {metric}"
@@ -112,6 +113,8 @@ def test_alert_expressions_on_synthetic_series(tmp_path: Path) -> None:
         ('heliosdb_webhook_delivery_total{stream="good",endpoint="e2",status="failure"}', "0x20"),
         ('heliosdb_cdc_dead_letters_total{stream="bad",endpoint="e1"}', "0 0 0 0 0 2x16"),
         ('heliosdb_cdc_dead_letters_total{stream="good",endpoint="e2"}', "0x20"),
+        ('heliosdb_cdc_capture_undecodable_total{table="poison"}', "0 0 0 0 0 1x16"),
+        ('heliosdb_cdc_capture_undecodable_total{table="fine"}', "0x20"),
         ('heliosdb_cdc_replication_connected{slot="down"}', "1 0x20"),
         ('heliosdb_cdc_replication_connected{slot="up"}', "1x20"),
         ('up{job="heliosdb-cdc",instance="a:8080"}', "1 0x20"),
@@ -138,6 +141,10 @@ def test_alert_expressions_on_synthetic_series(tmp_path: Path) -> None:
         "HeliosCdcDeadLettersIncreasing": [
             ("8m", ['{stream="bad",endpoint="e1"}']),
             ("19m", []),  # no new dead letters in the last 10 minutes: resolved
+        ],
+        "HeliosCdcCaptureUndecodableRows": [
+            ("8m", ['{table="poison"}']),
+            ("19m", []),  # no new undecodable rows in the last 10 minutes: resolved
         ],
         "HeliosCdcReplicationDisconnected": [("10m", ['{slot="down"}'])],
         "HeliosCdcDown": [("10m", ['{job="heliosdb-cdc",instance="a:8080"}'])],

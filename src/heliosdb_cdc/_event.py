@@ -70,7 +70,47 @@ class OperationType(enum.Enum):
             raise ValueError(f"unknown operation {value!r}; expected one of {allowed}") from None
 
 
+class JsonText:
+    """A ``json``/``jsonb`` value as PostgreSQL wrote it.
+
+    Encoded verbatim (every digit, key order and duplicate keys of ``json`` kept, no depth
+    limit); :meth:`parse` gives the Python value, numbers with a fraction as exact Decimals.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def parse(self) -> Any:
+        import json
+
+        return json.loads(self.text, parse_float=Decimal)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonText) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"JsonText({self.text!r})"
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with every :class:`JsonText` parsed: the value a predicate sees."""
+    if isinstance(obj, JsonText):
+        return obj.parse()
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [plain(v) for v in obj]
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
+    if isinstance(obj, JsonText):
+        return orjson.Fragment(obj.text)
     if isinstance(obj, Decimal):
         if obj.is_finite():
             # positional notation, digits as PostgreSQL sent them (str() would say 9.9E-7)

@@ -225,6 +225,12 @@ TABLE_MISSING = Gauge(
     ["table"],
     registry=REGISTRY,
 )
+CAPTURE_UNDECODABLE = Counter(
+    "heliosdb_cdc_capture_undecodable",
+    "Row changes capture could not turn into events (dead-lettered raw, stream '(capture)')",
+    ["table"],
+    registry=REGISTRY,
+)
 LOCAL_LOG_BYTES = Gauge(
     "heliosdb_cdc_local_log_bytes",
     "Bytes of the local log on disk",

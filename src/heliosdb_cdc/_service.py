@@ -69,6 +69,7 @@ from .postgres import (
     split_table,
     table_columns,
     table_oids,
+    unpublished_columns,
 )
 from .sinks import Sink, WebhookSink, validate_webhook_stream, webhook_security_kwargs
 from .store import Store, open_store
@@ -147,6 +148,7 @@ class WebhookServer:
         self._semaphore = asyncio.Semaphore(config.webhook.max_concurrent_requests)
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
+        self.unpublished: dict[str, list[str]] = {}  # table -> generated columns events lack
         self.snapshots: dict[str, Any] = {}
         self.table_warnings: dict[str, list[str]] = {}
         self._published = PublishedTables()
@@ -227,6 +229,7 @@ class WebhookServer:
             status_interval=cfg.source.status_interval_secs,
             reconnect_max_delay=cfg.source.reconnect_max_delay_secs,
             decode_worker=cfg.cdc.decode_worker,
+            store=self.store,
         )
         self._loop = asyncio.get_running_loop()
         self.capture.start()
@@ -369,6 +372,16 @@ class WebhookServer:
             self.table_warnings = {  # patterns that match no table now (stream status)
                 row["name"]: pattern_warnings(row["config"]["tables"], cache) for row in rows
             }
+            self.unpublished = await asyncio.to_thread(
+                unpublished_columns, conn, sorted(published.wanted())
+            )
+            for table, cols in self.unpublished.items():
+                log.warning(
+                    "table %s: generated column(s) %s are not in its events (PostgreSQL before 18 "
+                    "does not publish them)",
+                    table,
+                    ", ".join(cols),
+                )
         finally:
             conn.close()
 
@@ -385,6 +398,8 @@ class WebhookServer:
         conn = connect(self.dsn)
         try:
             alter_publication(conn, self.config.source.publication, add=add, drop=drop)
+            if add:
+                self.unpublished.update(unpublished_columns(conn, add))
         finally:
             conn.close()
 
@@ -856,6 +871,11 @@ class WebhookServer:
             "capture_paused": cap.paused_reason if cap else None,
             "snapshot": _snapshot_summary(self.snapshot_status(name, snapshots)),
             "warnings": "; ".join(self.table_warnings.get(name, [])) or None,
+            "unpublished_columns": {
+                t: c
+                for t, c in self.unpublished.items()
+                if "*" in cfg["tables"] or t in {x.removeprefix("public.") for x in cfg["tables"]}
+            },
         }
 
     # -- snapshots and backfills ------------------------------------------------------------

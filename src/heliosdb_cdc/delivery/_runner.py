@@ -437,7 +437,10 @@ class StreamRunner:
         body = rec.body
         event: dict[str, Any] | None = None
         if self.needs_event:
-            event = decode_event(rec.body)
+            try:
+                event = decode_event(rec.body)
+            except (ValueError, RecursionError) as exc:  # e.g. a json value nested too deep
+                return self._failed_event(rec, None, f"event cannot be read for filters/transforms: {exc}")
             if self.predicate is not None:
                 try:
                     if not self.predicate(event):

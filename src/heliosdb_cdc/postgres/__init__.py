@@ -18,6 +18,7 @@ from ._setup import (
     split_table,
     table_columns,
     table_oids,
+    unpublished_columns,
 )
 from ._snapshot import SnapshotState, Snapshotter
 
@@ -46,4 +47,5 @@ __all__ = [
     "table_columns",
     "table_name",
     "table_oids",
+    "unpublished_columns",
 ]

@@ -50,6 +50,7 @@ from ._protocol import (
     StreamStop,
     Truncate,
     Update,
+    format_lsn,
     parse_message,
 )
 from ._types import Converter, Encoder, converter_for, encoder_for
@@ -76,6 +77,14 @@ WATERMARK_PREFIX = "heliosdb-cdc.watermark"
 # it into the WAL, so its SCHEMA_CHANGE event takes its place among the changes)
 TABLE_CHANGE_PREFIX = "heliosdb-cdc.table"
 
+# A payload the capture driver puts before a Relation message: what the catalog says of the
+# relation (see ``_setup.describe_relation``). pgoutput message types are letters, never 0.
+HINT = b"\x00"
+
+
+def encode_hint(hint: dict[str, Any]) -> bytes:
+    return HINT + orjson.dumps(hint)
+
 
 @dataclass(slots=True, frozen=True)
 class Watermark:
@@ -86,6 +95,21 @@ class Watermark:
     index: int
     content: bytes
     commit_ts_us: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class Undecodable:
+    """A row change that could not become an event: kept as PostgreSQL sent it."""
+
+    event_id: str
+    commit_lsn: int
+    table: str
+    operation: str
+    payload: bytes  # the raw pgoutput message
+    error: str
+
+
+_ROW_KINDS = (b"I", b"U", b"D")
 
 
 @dataclass(slots=True)
@@ -105,6 +129,15 @@ class RelationInfo:
             {"name": c.name, "type_oid": c.type_oid, "typmod": c.type_modifier, "key": c.is_key}
             for c in self.relation.columns
         ]
+
+
+def _key_columns(rel: Relation, catalog_key: list[str] | None) -> list[int]:
+    """The row's key: the catalog's primary key / identity index columns when known (under
+    REPLICA IDENTITY FULL the message flags every column), else the message's key flags."""
+    names = [c.name for c in rel.columns]
+    if catalog_key and all(k in names for k in catalog_key):
+        return [i for i, n in enumerate(names) if n in catalog_key]
+    return [i for i, c in enumerate(rel.columns) if c.is_key]
 
 
 def table_name(namespace: str, name: str) -> str:
@@ -139,21 +172,41 @@ class ChangeDecoder:
         self.schema_changed = False
         # warnings for the operator; the driver logs them (this module does no I/O)
         self.notices: list[str] = []
+        # relation oid -> the catalog's word on it (key columns, user types), fed by the driver
+        self.hints: dict[int, dict[str, Any]] = {}
+        # rows that could not become events; the driver dead-letters and clears them
+        self.undecodable: list[Undecodable] = []
+        self._as_records = False
 
     # -- public --------------------------------------------------------------
     def feed(self, payload: bytes) -> list[CdcEvent | TxnEnd | Watermark]:
+        kind = payload[:1]
+        if kind == HINT:
+            hint = orjson.loads(payload[1:])
+            self.hints[int(hint["oid"])] = hint
+            return []
+        if kind in _ROW_KINDS:
+            if self._in_stream:
+                self._spool(payload, self._stream_xid)  # turned into events at Stream Commit
+                return []
+            if self._skipping:
+                return []
+            return list(self._row_change(payload, False))
         msg = parse_message(payload, self._in_stream)
-        if self._in_stream and isinstance(msg, (Insert, Update, Delete, Truncate)):
+        if self._in_stream and isinstance(msg, Truncate):
             self._spool(payload, msg.xid or self._stream_xid)
             return []
         return self._handle(msg)
 
     def feed_records(self, payload: bytes) -> list[Record | TxnEnd]:
         """Like :meth:`feed`, with events as :class:`Record` (body and key as JSON)."""
-        if payload[:1] == b"I" and not self._in_stream and not self._skipping:
-            return [self._insert_record(payload)]
+        self._as_records = True
+        try:
+            items = self.feed(payload)
+        finally:
+            self._as_records = False
         out: list[Record | TxnEnd] = []
-        for item in self.feed(payload):
+        for item in items:
             if isinstance(item, CdcEvent):
                 out.append(self._record(item))
             elif isinstance(item, Watermark):
@@ -166,6 +219,48 @@ class ChangeDecoder:
             else:
                 out.append(item)
         return out
+
+    def _row_change(self, payload: bytes, in_stream: bool) -> list[Any]:
+        """One INSERT/UPDATE/DELETE message to its event (a Record under ``feed_records``).
+
+        No row may stop capture: if it cannot become an event, whatever the reason, it goes
+        to :attr:`undecodable` with its raw bytes and capture goes on. It keeps its place in
+        the transaction (the event ids after it do not move) and takes no sequence number.
+        """
+        index, seq = self._index, self.next_sequence
+        try:
+            if self._as_records and payload[:1] == b"I" and not in_stream:
+                return [self._insert_record(payload)]  # the fast path
+            msg = parse_message(payload, in_stream)
+            if not isinstance(msg, (Insert, Update, Delete)):
+                raise DecodeError(f"expected a row change, got {type(msg).__name__}")
+            events = self._change(msg)
+            if self._as_records:
+                return [self._record(ev) for ev in events if isinstance(ev, CdcEvent)]
+            return events
+        except Exception as exc:  # any failure: a dead letter, never a wedge
+            self._index, self.next_sequence = index, seq
+            self._undecodable_row(payload, in_stream, exc)
+            return []
+
+    def _undecodable_row(self, payload: bytes, in_stream: bool, exc: Exception) -> None:
+        self._index += 1
+        table = ""
+        try:
+            (oid,) = _U32.unpack_from(payload, 5 if in_stream else 1)
+            info = self.relations.get(oid)
+            table = info.table if info is not None else f"relation oid {oid}"
+        except struct.error:
+            pass
+        op = {b"I": "INSERT", b"U": "UPDATE", b"D": "DELETE"}.get(payload[:1], "?")
+        error = f"{type(exc).__name__}: {exc}"
+        self.undecodable.append(
+            Undecodable(event_id(self._commit_lsn, self._index), self._commit_lsn, table, op, payload, error)
+        )
+        self.notices.append(
+            f"a {op} on {table or 'an unknown table'} at {format_lsn(self._commit_lsn)} cannot become "
+            f"an event ({error}); it went to dead letters with its raw message, capture goes on"
+        )
 
     @staticmethod
     def _record(ev: CdcEvent) -> Record:
@@ -203,7 +298,7 @@ class ChangeDecoder:
             return self._end(msg.commit_lsn, msg.end_lsn, msg.commit_ts_us)
         if isinstance(msg, Relation):
             return self._relation(msg)
-        if isinstance(msg, (Insert, Update, Delete, Truncate)):
+        if isinstance(msg, Truncate):
             if self._skipping:
                 return []
             return self._change(msg)
@@ -261,13 +356,16 @@ class ChangeDecoder:
         return [TxnEnd(commit_lsn, end_lsn, self._xid, ts_us, n)]
 
     def _relation(self, rel: Relation) -> list[CdcEvent | TxnEnd | Watermark]:
+        hint = self.hints.get(rel.oid, {})
+        types: dict[str, int] = hint.get("types", {})
+        oids = [types.get(str(c.type_oid), c.type_oid) for c in rel.columns]
         info = RelationInfo(
             relation=rel,
             table=table_name(rel.namespace, rel.name),
             names=[c.name for c in rel.columns],
-            converters=[converter_for(c.type_oid) for c in rel.columns],
-            key_idx=[i for i, c in enumerate(rel.columns) if c.is_key],
-            encoders=[encoder_for(c.type_oid) for c in rel.columns],
+            converters=[converter_for(oid) for oid in oids],
+            key_idx=_key_columns(rel, hint.get("key")),
+            encoders=[encoder_for(oid) for oid in oids],
             heads=[dumps(c.name) + b":" for c in rel.columns],
             insert_head=row_json_head("INSERT", self.database, table_name(rel.namespace, rel.name)),
         )
@@ -488,11 +586,15 @@ class ChangeDecoder:
             f.seek(0)
             while header := f.read(4):
                 (n,) = _LEN.unpack(header)
-                m = parse_message(f.read(n), True)
-                assert isinstance(m, (Insert, Update, Delete, Truncate))
-                if m.xid in aborted:
+                raw = f.read(n)
+                if _U32.unpack_from(raw, 1)[0] in aborted:  # every streamed change leads with its xid
                     continue
-                out.extend(self._change(m))
+                if raw[:1] == b"T":
+                    m = parse_message(raw, True)
+                    assert isinstance(m, Truncate)
+                    out.extend(self._change(m))
+                else:
+                    out.extend(self._row_change(raw, True))
         if f is not None:
             f.close()
         out.extend(self._end(msg.commit_lsn, msg.end_lsn, msg.commit_ts_us))

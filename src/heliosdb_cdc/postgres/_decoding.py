@@ -16,11 +16,11 @@ import multiprocessing.connection
 import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._record import Record
-from ._decoder import ChangeDecoder, TxnEnd
+from ._decoder import ChangeDecoder, TxnEnd, Undecodable
 
 
 @dataclass(slots=True)
@@ -33,6 +33,8 @@ class DecodedBatch:
     in_transaction: bool  # the decoder is inside a transaction after this batch
     schemas: dict[str, list[dict[str, Any]]] | None  # known schemas, when they changed
     notices: list[str]  # warnings for the operator
+    # rows that could not become events, for dead letters (see ChangeDecoder._row_change)
+    undecodable: list[Undecodable] = field(default_factory=list)
 
 
 def decode_batch(decoder: ChangeDecoder, payloads: list[bytes], plain: bool = False) -> DecodedBatch:
@@ -57,7 +59,10 @@ def decode_batch(decoder: ChangeDecoder, payloads: list[bytes], plain: bool = Fa
     notices = decoder.notices
     if notices:
         decoder.notices = []
-    return DecodedBatch(events, commits, order, decoder.in_transaction, schemas, notices)
+    undecodable = decoder.undecodable
+    if undecodable:
+        decoder.undecodable = []
+    return DecodedBatch(events, commits, order, decoder.in_transaction, schemas, notices, undecodable)
 
 
 class Decoding(Protocol):

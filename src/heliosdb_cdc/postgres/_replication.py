@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg2
@@ -27,14 +27,27 @@ import psycopg2.errors
 import psycopg2.extras
 
 from .._errors import SourceError, StateError
-from .._metrics import CONFIRMED_LSN, EVENTS_PROCESSED, LOCAL_LOG_BYTES, REPLICATION_UP
+from .._metrics import (
+    CAPTURE_UNDECODABLE,
+    CONFIRMED_LSN,
+    EVENTS_PROCESSED,
+    LOCAL_LOG_BYTES,
+    REPLICATION_UP,
+)
 from .._record import OP_WATERMARK
 from ..journal import LocalLog
-from ._decoder import ChangeDecoder, RelationInfo
+from ._decoder import ChangeDecoder, RelationInfo, Undecodable, encode_hint
 from ._decoding import DecodedBatch, Decoding, InThread, InWorker
-from ._protocol import format_lsn
+from ._protocol import Relation, format_lsn, parse_message
+from ._setup import describe_relation
 
 log = logging.getLogger("heliosdb_cdc.capture")
+
+
+class CaptureDeadLetters(Protocol):
+    """Where rows that cannot become events go (the service passes its state store)."""
+
+    def add_capture_dead_letters(self, rows: list[tuple[str, int, str, str, bytes, str]]) -> None: ...
 
 _TXN_ENDS = (b"C", b"c")  # Commit, Stream Commit
 SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3"
@@ -53,6 +66,7 @@ class CaptureStatus:
     last_commit_ts_us: int = 0
     events: int = 0
     transactions: int = 0
+    undecodable: int = 0
     started_at: float = field(default_factory=time.time)
 
 
@@ -73,6 +87,7 @@ class Capture:
         status_interval: float = 10.0,
         reconnect_max_delay: float = 30.0,
         decode_worker: bool = False,
+        store: CaptureDeadLetters | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -86,12 +101,14 @@ class Capture:
         self.status_interval = status_interval
         self.reconnect_max_delay = reconnect_max_delay
         self.decode_worker = decode_worker
+        self.store = store  # where rows that cannot become events go (dead letters)
         self._noticed: set[str] = set()
         self.status = CaptureStatus()
         self.relations: dict[int, RelationInfo] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None
+        self._catalog: Any = None  # a normal connection for catalog lookups
         self._metric_slot = slot
 
     def start(self) -> None:
@@ -158,12 +175,37 @@ class Capture:
         REPLICATION_UP.labels(self._metric_slot).set(1 if up else 0)
 
     def _close_conn(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
+        for conn in (self._conn, self._catalog):
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+        self._conn = None
+        self._catalog = None
+
+    def _relation_hint(self, payload: bytes, in_stream: bool) -> bytes | None:
+        """The catalog's word on a relation (its real key, its user-defined types), for the
+        decoder; None when the lookup fails (the decoder then uses the message alone)."""
+        try:
+            rel = parse_message(payload, in_stream)
+            assert isinstance(rel, Relation)
+            if self._catalog is None:
+                self._catalog = psycopg2.connect(
+                    self.dsn, connect_timeout=10, options="-c statement_timeout=10000"
+                )
+                self._catalog.autocommit = True
+            hint = describe_relation(self._catalog, rel.oid, [c.type_oid for c in rel.columns])
+            return encode_hint(hint)
+        except Exception as exc:
+            log.warning("capture: cannot read the catalog for a relation (%s); using the message alone", exc)
+            if self._catalog is not None:
+                try:
+                    self._catalog.close()
+                except Exception:
+                    pass
+                self._catalog = None
+            return None
 
     def _session(self) -> None:
         self.log.rewind_uncommitted()
@@ -220,6 +262,7 @@ class Capture:
         in_txn = False  # after the last batch written
         finishing = False  # the log is full: reading on to the end of the open transaction
         first_at = 0.0
+        in_stream = False  # inside a streamed transaction's chunk (protocol v2)
         conn = cur.connection
         status = self.status
 
@@ -252,6 +295,14 @@ class Capture:
             msg = cur.read_message()
             if msg is not None:
                 status.received_lsn = msg.data_start
+                kind = msg.payload[:1]
+                if kind == b"R":
+                    hint = self._relation_hint(msg.payload, in_stream)
+                    if hint is not None:
+                        payloads.append(hint)
+                        pending += len(hint)  # a batch's bytes are subtracted whole when written
+                elif kind == b"S" or kind == b"E":
+                    in_stream = kind == b"S"
                 payloads.append(msg.payload)
                 pending += len(msg.payload)
                 if finishing and msg.payload[:1] in _TXN_ENDS:
@@ -283,6 +334,8 @@ class Capture:
     def _write(self, cur: Any, batch: DecodedBatch) -> bool:
         """Append a decoded batch, fsync, confirm; return whether a transaction is open."""
         events = batch.events
+        if batch.undecodable:
+            self._dead_letter(batch.undecodable)  # before the log: the confirm covers them
         if batch.order:
             self.log.append(events, batch.commits, batch.order)
             pos = self.log.sync_to_disk()
@@ -310,6 +363,18 @@ class Capture:
             self.status.confirmed_lsn = pos.end_lsn
             CONFIRMED_LSN.labels(self._metric_slot).set(pos.end_lsn)
         return batch.in_transaction
+
+    def _dead_letter(self, rows: list[Undecodable]) -> None:
+        if self.store is not None:
+            self.store.add_capture_dead_letters(
+                [(r.event_id, r.commit_lsn, r.table, r.operation, r.payload, r.error) for r in rows]
+            )
+        else:  # no state database: the log is the only place left for them
+            for r in rows:
+                log.error("undecodable row %s (%s): raw message %s", r.event_id, r.error, r.payload.hex())
+        for r in rows:
+            CAPTURE_UNDECODABLE.labels(r.table).inc()
+        self.status.undecodable += len(rows)
 
     @property
     def _schemas_path(self) -> Path:
@@ -350,6 +415,7 @@ class Capture:
             "received_lsn": format_lsn(s.received_lsn),
             "events": s.events,
             "transactions": s.transactions,
+            "undecodable": s.undecodable,
             "last_error": s.last_error,
             "paused_reason": s.paused_reason,
         }

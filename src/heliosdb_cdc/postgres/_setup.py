@@ -12,6 +12,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from .._errors import SourceError, SourceFatalError
+from ._types import FIRST_USER_OID, array_of
 
 log = logging.getLogger("heliosdb_cdc.postgres")
 
@@ -118,15 +119,75 @@ def table_columns(conn: psycopg2.extensions.connection, table: str) -> list[dict
     with conn.cursor() as cur:
         cur.execute(
             "SELECT a.attname, a.atttypid::int, NOT a.attnotnull, "
-            "coalesce(a.attnum = ANY(i.indkey), false) "
+            "coalesce(a.attnum = ANY(i.indkey), false), a.attgenerated <> '' "
             "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary "
+            # the row's key, as in change events: the identity index under USING INDEX
+            "LEFT JOIN pg_index i ON i.indrelid = c.oid "
+            "AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END "
             "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
             "ORDER BY a.attnum",
             (schema, name),
         )
-        return [{"name": r[0], "type_oid": r[1], "nullable": r[2], "key": r[3]} for r in cur.fetchall()]
+        return [
+            {"name": r[0], "type_oid": r[1], "nullable": r[2], "key": r[3], "generated": r[4]}
+            for r in cur.fetchall()
+        ]
+
+
+# the row's key: the replica identity index under USING INDEX, else the primary key (also
+# under FULL, whose relation message flags every column)
+_KEY_SQL = """
+SELECT (SELECT array_agg(a.attname::text ORDER BY a.attnum)
+        FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = c.oid
+          AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END)
+FROM pg_class c WHERE c.oid = %s
+"""
+
+
+def describe_relation(
+    conn: psycopg2.extensions.connection, rel_oid: int, type_oids: Iterable[int]
+) -> dict[str, Any]:
+    """What a relation message does not say: the row's key columns (``None`` when the table
+    has neither primary key nor identity index) and, for user-defined column types (domains,
+    arrays of enums or domains), the built-in type whose conversion they take."""
+    with conn.cursor() as cur:
+        cur.execute(_KEY_SQL, (rel_oid,))
+        row = cur.fetchone()
+        key = list(row[0]) if row is not None and row[0] else None
+        types: dict[str, int] = {}
+        for oid in sorted(set(type_oids)):
+            resolved = resolve_type(cur, oid)
+            if resolved != oid:
+                types[str(oid)] = resolved
+    return {"oid": rel_oid, "key": key, "types": types}
+
+
+def resolve_type(cur: Any, oid: int, depth: int = 0) -> int:
+    """A domain converts like its base type, an array of a user type like the built-in array
+    of what its elements resolve to; other user types (enums, composites) stay themselves."""
+    if oid < FIRST_USER_OID or depth > 16:
+        return oid
+    cur.execute(
+        "SELECT typtype, typbasetype::int, typelem::int, typcategory, typlen FROM pg_type WHERE oid = %s",
+        (oid,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return oid
+    typtype, base, elem, category, length = row
+    if typtype == "d":
+        return resolve_type(cur, base, depth + 1)
+    if category == "A" and elem and length == -1:
+        return array_of(resolve_type(cur, elem, depth + 1))
+    return oid
+
+
+def resolve_types(conn: psycopg2.extensions.connection, type_oids: Iterable[int]) -> dict[int, int]:
+    """``resolve_type`` for several types (the snapshot's columns)."""
+    with conn.cursor() as cur:
+        return {oid: resolve_type(cur, oid) for oid in set(type_oids)}
 
 
 def ensure_publication(
@@ -169,10 +230,19 @@ def _ensure_publication(
     with conn.cursor() as cur:
         cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
         row = cur.fetchone()
+        # PostgreSQL 18 publishes stored generated columns when asked; older ones never do
+        publish_generated = _publishes_generated(conn)
+        gen = sql.SQL(" WITH (publish_generated_columns = stored)" if publish_generated else "")
         if row is None:
-            cur.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(publication)))
+            cur.execute(sql.SQL("CREATE PUBLICATION {}{}").format(sql.Identifier(publication), gen))
             log.info("created publication %s", publication)
-        elif row[0]:
+        elif publish_generated:
+            cur.execute(
+                sql.SQL("ALTER PUBLICATION {} SET (publish_generated_columns = stored)").format(
+                    sql.Identifier(publication)
+                )
+            )
+        if row is not None and row[0]:
             return wanted  # FOR ALL TABLES: nothing to manage
         cur.execute(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
@@ -232,6 +302,32 @@ def alter_publication(
                 )
                 log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
     return to_add, to_drop
+
+
+def _publishes_generated(conn: psycopg2.extensions.connection) -> bool:
+    return int(conn.server_version) >= 180000
+
+
+def unpublished_columns(conn: psycopg2.extensions.connection, tables: Iterable[str]) -> dict[str, list[str]]:
+    """Generated columns of ``tables`` that change events lack: all of them before
+    PostgreSQL 18 (pgoutput does not send them); none from 18 on (published as stored)."""
+    if _publishes_generated(conn):
+        return {}
+    out: dict[str, list[str]] = {}
+    with conn.cursor() as cur:
+        for table in tables:
+            schema, name = split_table(table)
+            cur.execute(
+                "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+                "AND a.attgenerated <> '' ORDER BY a.attnum",
+                (schema, name),
+            )
+            cols = [r[0] for r in cur.fetchall()]
+            if cols:
+                out[name if schema == "public" else table] = cols
+    return out
 
 
 LOST_SLOT_FIX = "Fix: run heliosdb-cdc run --resnapshot to create it again and re-read every captured table."

@@ -36,11 +36,11 @@ import psycopg2
 from psycopg2 import sql
 
 from .._errors import SourceError
-from .._event import dumps
+from .._event import dumps, plain
 from ..journal import Chunk
 from ._decoder import WATERMARK_PREFIX, table_name
 from ._replication import SESSION_OPTIONS
-from ._setup import split_table, table_columns
+from ._setup import resolve_types, split_table, table_columns
 from ._types import converter_for
 
 log = logging.getLogger("heliosdb_cdc.snapshot")
@@ -143,6 +143,9 @@ class Snapshotter:
         conn = await asyncio.to_thread(self._connect)
         try:
             cols = await asyncio.to_thread(table_columns, conn, table)
+            if conn.server_version < 180000:  # change events lack generated columns: so do reads
+                cols = [c for c in cols if not c.get("generated")]
+            resolved = await asyncio.to_thread(resolve_types, conn, [c["type_oid"] for c in cols])
             keys = [c for c in cols if c["key"]]
             if not keys:
                 raise SourceError(
@@ -160,7 +163,7 @@ class Snapshotter:
             )
             key_list = sql.SQL(", ").join(sql.Identifier("t", c["name"]) for c in keys)
             key_params = sql.SQL(", ").join(sql.Placeholder() for _ in keys)
-            converters = [converter_for(c["type_oid"]) for c in cols]
+            converters = [converter_for(resolved[c["type_oid"]]) for c in cols]
             names = [c["name"] for c in cols]
             key_idx = [i for i, c in enumerate(cols) if c["key"]]
             while True:
@@ -186,7 +189,7 @@ class Snapshotter:
                 for r in raw:
                     value = {names[i]: (None if v is None else converters[i](v)) for i, v in enumerate(r)}
                     if self.predicate is not None and not self.predicate(
-                        {"operation": "READ", "table": tname, "value": value, "old_value": None}
+                        {"operation": "READ", "table": tname, "value": plain(value), "old_value": None}
                     ):
                         continue
                     key = {names[i]: value[names[i]] for i in key_idx}

@@ -14,9 +14,7 @@ every input both give the same JSON; ``tests/test_types.py`` checks it.
 from __future__ import annotations
 
 import base64
-import json
 import math
-import re
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import orjson
 import psycopg2.extensions
 
-from .._event import dumps
+from .._event import JsonText, dumps
 
 Converter = Callable[[str], Any]
 Encoder = Callable[[bytes], bytes]
@@ -52,15 +50,10 @@ def _to_numeric(s: str) -> Decimal | str:
     return Decimal(s)
 
 
-_LONG_INT = re.compile(r"\d{19}")  # 19+ digits: may not fit in 64 bits
-_LONG_INT_B = re.compile(rb"\d{19}")
-
-
-def _to_json(s: str) -> Any:
-    if _LONG_INT.search(s) is None:
-        return orjson.loads(s)
-    # orjson reads integers beyond 64 bits as floats (digits lost); the stdlib keeps them
-    return json.loads(s)
+def _to_json(s: str) -> JsonText:
+    # PostgreSQL checked the text on input: it is JSON; kept as written (every digit, key
+    # order, duplicate keys, any depth), parsed only where a Python value is needed
+    return JsonText(s)
 
 
 def _to_bytea(s: str) -> str:
@@ -78,13 +71,26 @@ def _tz(s: str) -> str:
     return s
 
 
+def _astronomical(s: str) -> str:
+    """``0044-03-15... BC`` -> ``-0043-03-15...``: ISO 8601 numbers years astronomically
+    (1 BC is year 0000, 2 BC is -0001)."""
+    body = s[:-3]
+    dash = body.index("-")
+    year = 1 - int(body[:dash])
+    return (f"-{-year:04d}" if year < 0 else f"{year:04d}") + body[dash:]
+
+
+def _to_date(s: str) -> str:
+    return _astronomical(s) if s.endswith(" BC") else s
+
+
 def _to_timestamp(s: str) -> str:
     if s in ("infinity", "-infinity"):
         return s
-    s = s.replace(" ", "T", 1)
     if s.endswith(" BC"):
-        return s
-    return s
+        s = _astronomical(s)
+    dash = s.index("-", 1)  # the date's first dash (a BC year starts with one)
+    return s[: dash + 6] + "T" + s[dash + 7 :]
 
 
 def _to_timestamptz(s: str) -> str:
@@ -92,7 +98,7 @@ def _to_timestamptz(s: str) -> str:
         return s[:10] + "T" + s[11:-3] + "Z"
     if s in ("infinity", "-infinity"):
         return s
-    s = _tz(s.replace(" ", "T", 1))
+    s = _tz(_to_timestamp(s))
     if s.endswith("+00:00"):
         s = s[:-6] + "Z"
     return s
@@ -118,6 +124,7 @@ _SCALAR: dict[int, Converter] = {
     1114: _to_timestamp,
     1184: _to_timestamptz,
     1266: _to_timetz,
+    1082: _to_date,
     790: _to_str,  # money stays text: its format depends on lc_monetary
 }
 for _oid in _INT_OIDS:
@@ -153,7 +160,21 @@ _ARRAYS: dict[int, int] = {
     1041: 869,
     651: 650,
     1040: 829,
+    791: 790,  # money
 }
+
+
+_ARRAY_OF = {elem: arr for arr, elem in _ARRAYS.items()}
+FIRST_USER_OID = 16384  # PostgreSQL's FirstNormalObjectId: types below it are built in
+
+
+def array_of(elem_oid: int) -> int:
+    """The built-in array type whose elements convert like ``elem_oid``; ``text[]`` (elements
+    as strings) for the others: enums, composites, ranges. ``box[]`` (``;`` between elements)
+    has no JSON array form and stays text."""
+    if elem_oid == 603:
+        return 1020
+    return _ARRAY_OF.get(elem_oid, 1009)
 
 
 def _map_nested(value: Any, fn: Converter) -> Any:
@@ -218,10 +239,10 @@ def _enc_float(b: bytes) -> bytes:
     return _dumps(f) if math.isfinite(f) else _dumps(b.decode())
 
 
-def _enc_json(b: bytes) -> bytes:
-    if _LONG_INT_B.search(b) is None:
-        return _dumps(orjson.loads(b))
-    return dumps(json.loads(b))  # > 64-bit integers: exact (see _to_json)
+def _enc_date(b: bytes) -> bytes:
+    if b[-3:] == b" BC":
+        return _dumps(_astronomical(b.decode()))
+    return b'"%s"' % b  # digits and dashes, or "infinity": nothing to escape
 
 
 def _enc_timestamptz(b: bytes) -> bytes:
@@ -243,8 +264,9 @@ _ENCODERS: dict[Converter, Encoder] = {
     _to_bool: _enc_bool,
     _to_str: _enc_str,
     _to_float: _enc_float,
-    _to_json: _enc_json,
+    _to_json: _enc_verbatim,
     _to_timestamptz: _enc_timestamptz,
+    _to_date: _enc_date,
 }
 _ENC_CACHE: dict[int, Encoder] = {}
 

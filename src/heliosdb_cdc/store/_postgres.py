@@ -23,7 +23,7 @@ import psycopg2.extras
 from psycopg2.extensions import cursor as Cursor
 
 from .._errors import CdcError, StateError, StreamExists, StreamNotFound
-from ._sqlite import sink_mark_key
+from ._sqlite import CAPTURE_STREAM, sink_mark_key
 
 T = TypeVar("T")
 
@@ -402,6 +402,39 @@ class PostgresStore:
                 ),
                 values,
             )
+
+        self._tx("cannot record dead letters", run)
+
+    def add_capture_dead_letters(self, rows: Sequence[tuple[str, int, str, str, bytes, str]]) -> None:
+        """Rows capture could not turn into events: (event_id, commit_lsn, table, operation,
+        raw pgoutput message, error), under the stream ``(capture)``; a row read again after
+        a restart is recorded once."""
+        now = time.time()
+
+        def run(cur: Cursor) -> None:
+            for eid, lsn, table, op, raw, error in rows:
+                cur.execute(
+                    self._q(
+                        "INSERT INTO {s}.dead_letters (stream, endpoint, event_id, seq, table_name, "
+                        "operation, event_key, body, error, attempts, first_attempt_at, "
+                        "last_attempt_at) SELECT %s,'capture',%s,%s,%s,%s,%s,%s,%s,1,%s,%s "
+                        "WHERE NOT EXISTS (SELECT 1 FROM {s}.dead_letters WHERE stream=%s AND event_id=%s)"
+                    ),
+                    (
+                        CAPTURE_STREAM,
+                        eid,
+                        lsn,
+                        table,
+                        op,
+                        psycopg2.Binary(b""),
+                        psycopg2.Binary(raw),
+                        error,
+                        now,
+                        now,
+                        CAPTURE_STREAM,
+                        eid,
+                    ),
+                )
 
         self._tx("cannot record dead letters", run)
 

@@ -17,6 +17,7 @@ import orjson
 from .._errors import StateError, StreamExists, StreamNotFound
 
 SCHEMA_VERSION = 2
+CAPTURE_STREAM = "(capture)"  # dead letters of rows capture could not turn into events
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -318,6 +319,41 @@ class SQLiteStore:
                     "operation, event_key, body, error, attempts, first_attempt_at, "
                     "last_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
+                )
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot record dead letters: {exc}") from exc
+
+    def add_capture_dead_letters(self, rows: Sequence[tuple[str, int, str, str, bytes, str]]) -> None:
+        """Rows capture could not turn into events: (event_id, commit_lsn, table, operation,
+        raw pgoutput message, error), under the stream ``(capture)`` (no stream's yet). A row
+        read again after a restart is recorded once."""
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.executemany(
+                    "INSERT INTO dead_letters (stream, endpoint, event_id, seq, table_name, "
+                    "operation, event_key, body, error, attempts, first_attempt_at, "
+                    "last_attempt_at) SELECT ?,?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM dead_letters WHERE stream=? AND event_id=?)",
+                    [
+                        (
+                            CAPTURE_STREAM,
+                            "capture",
+                            eid,
+                            lsn,
+                            table,
+                            op,
+                            b"",
+                            raw,
+                            error,
+                            1,
+                            now,
+                            now,
+                            CAPTURE_STREAM,
+                            eid,
+                        )
+                        for eid, lsn, table, op, raw, error in rows
+                    ],
                 )
             except sqlite3.Error as exc:
                 raise StateError(f"cannot record dead letters: {exc}") from exc
