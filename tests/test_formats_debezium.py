@@ -25,6 +25,7 @@ from heliosdb_cdc import Config, WebhookServer
 from heliosdb_cdc._config import StreamConfig
 from heliosdb_cdc._embedded import free_port
 from heliosdb_cdc.pipeline._debezium import UNAVAILABLE, Column, convert, envelope
+from tests.plugins import in_ci
 from tests.plugins.postgres import PgDatabase
 from tests.plugins.receiver import start_receiver
 
@@ -69,12 +70,8 @@ INSERT INTO every_type VALUES (
 """
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _unavailable(reason: str) -> None:
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"Debezium Server unavailable in CI: {reason}", pytrace=False)
     pytest.skip(f"Debezium Server unavailable: {reason}")
 

@@ -42,6 +42,9 @@ class FakeService:
         self.store = self
         self.created: list[Any] = []
 
+    def has_stream(self, name: str) -> bool:
+        return any(r["name"] == name for r in self.list_streams())
+
     def list_streams(self) -> list[dict[str, Any]]:
         return [{"name": c.name} for c in self.created]
 

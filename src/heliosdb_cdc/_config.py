@@ -217,7 +217,11 @@ class StreamConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> StreamConfig:
         dest = self.destination
-        problem = format_problem(self.format, dest.type, int(dest.options.get("batch_size", 1) or 1))
+        try:
+            batch = int(dest.options.get("batch_size", 1) or 1)
+        except (TypeError, ValueError):
+            return self  # not a number: reported at destination.options.batch_size by the checks
+        problem = format_problem(self.format, dest.type, batch)
         if problem:
             raise AtKey(problem, "format")
         return self

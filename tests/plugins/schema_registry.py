@@ -27,18 +27,16 @@ import pytest
 
 from heliosdb_cdc._embedded import free_port
 
+from . import in_ci
+
 VERSION = os.environ.get("HELIOSDB_CDC_APICURIO_VERSION", "2.6.13.Final")
 CACHE = Path(os.environ.get("HELIOSDB_CDC_CACHE", Path.home() / ".cache" / "heliosdb-cdc")) / "apicurio"
 START_TIMEOUT_S = float(os.environ.get("HELIOSDB_CDC_SCHEMA_REGISTRY_START_TIMEOUT", "180"))
 CCOMPAT = "/apis/ccompat/v7"
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _unavailable(reason: str) -> None:
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"Schema Registry unavailable in CI: {reason}", pytrace=False)
     pytest.skip(f"Schema Registry unavailable: {reason}")
 

@@ -209,7 +209,10 @@ def check_stream_format(cfg: StreamConfig, default_batch_size: int, transformed:
         )
     dest = cfg.destination
     if dest.type == "webhook":
-        batch = int(dest.options.get("batch_size", default_batch_size))
+        try:
+            batch = int(dest.options.get("batch_size", default_batch_size))
+        except (TypeError, ValueError):
+            return  # not a number: refused with its key path where the options are read
         problem = format_problem(cfg.format, dest.type, batch)
         if problem:
             raise ConfigError(f"stream {cfg.name!r}: {problem}", stream=cfg.name, key_path="format")
