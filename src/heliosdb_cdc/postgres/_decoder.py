@@ -24,6 +24,7 @@ import orjson
 from .._errors import DecodeError
 from .._event import CdcEvent, OperationType, dumps, format_timestamp
 from .._record import OP_CODES, OP_INSERT, OP_WATERMARK, Record
+from ._codec import load_native, native_module, row_codec
 from ._protocol import (
     UNCHANGED,
     Begin,
@@ -84,6 +85,7 @@ class RelationInfo:
     encoders: list[Encoder]
     heads: list[bytes]  # '"name":' per column, for encoding rows
     insert_head: bytes  # the event's JSON from "operation" to "key" for an INSERT
+    native: Any = None  # the compiled codec of this relation (_codec.row_codec), if in use
 
     @property
     def columns(self) -> list[dict[str, Any]]:
@@ -101,8 +103,12 @@ def table_name(namespace: str, name: str) -> str:
 class ChangeDecoder:
     """Turns pgoutput payloads into events; one instance per replication session."""
 
-    def __init__(self, database: str, next_sequence: int = 1, skip_through_lsn: int = 0) -> None:
+    def __init__(
+        self, database: str, next_sequence: int = 1, skip_through_lsn: int = 0, *, native: bool | None = None
+    ) -> None:
         self.database = database
+        # the compiled codec (None: pure Python); by default as _codec decided for this process
+        self._native = native_module() if native is None else load_native() if native else None
         self.next_sequence = next_sequence
         # Transactions whose commit LSN is <= this are already in the local log.
         self.skip_through_lsn = skip_through_lsn
@@ -118,6 +124,7 @@ class ChangeDecoder:
         self._b_id_prefix = b""
         self._b_mid = b""
         self._b_tail = b""
+        self._b_txn = b""
         self._skipping = False
         self._in_stream = False
         self._stream_xid = 0
@@ -139,8 +146,13 @@ class ChangeDecoder:
 
     def feed_records(self, payload: bytes) -> list[Record | TxnEnd]:
         """Like :meth:`feed`, with events as :class:`Record` (body and key as JSON)."""
-        if payload[:1] == b"I" and not self._in_stream and not self._skipping:
-            return [self._insert_record(payload)]
+        tag = payload[:1]
+        if tag and tag in b"IUD" and not self._in_stream and not self._skipping:
+            rec = self._native_record(payload)
+            if rec is not None:
+                return [rec]
+            if tag == b"I":
+                return [self._insert_record(payload)]
         out: list[Record | TxnEnd] = []
         for item in self.feed(payload):
             if isinstance(item, CdcEvent):
@@ -233,6 +245,7 @@ class ChangeDecoder:
         self._b_id_prefix = b'{"event_id":"evt_%016x_' % final_lsn
         self._b_mid = b'","timestamp":"' + self._ts_text.encode() + b'","sequence":'
         self._b_tail = b',"old_value":null,"transaction_id":"txn_%d"}' % xid
+        self._b_txn = b',"transaction_id":"txn_%d"}' % xid
         self._index = 0
         self._skipping = final_lsn <= self.skip_through_lsn
 
@@ -259,6 +272,14 @@ class ChangeDecoder:
             + b',"table":'
             + dumps(table_name(rel.namespace, rel.name))
             + b',"key":',
+        )
+        info.native = row_codec(
+            self._native,
+            info.names,
+            [c.type_oid for c in rel.columns],
+            info.key_idx,
+            self.database,
+            info.table,
         )
         if not info.key_idx and rel.replica_identity != "f":
             self.notices.append(
@@ -292,6 +313,31 @@ class ChangeDecoder:
             ],
         }
         return self._make(info, OperationType.SCHEMA_CHANGE, {}, value, {"columns": old})
+
+    def _native_record(self, buf: bytes) -> Record | None:
+        """An I/U/D message through the compiled codec; None: take the Python path (which
+        is also the one that reports a malformed message)."""
+        if self._ts is None:
+            return None
+        try:
+            (oid,) = _U32.unpack_from(buf, 1)
+            info = self.relations[oid]
+        except (struct.error, KeyError):
+            return None
+        if info.native is None:
+            return None
+        index = self._index + 1
+        seq = self.next_sequence
+        try:
+            out = info.native.change(buf, self._b_id_prefix, index, self._b_mid, seq, self._b_txn)
+        except Exception:
+            return None  # e.g. a Python encoder refused a value: the Python path raises it
+        if out is None:
+            return None
+        self._index = index
+        self.next_sequence = seq + 1
+        op, key, body = out
+        return Record(seq, self._commit_lsn, self._ts_us, op, info.table, key, body, index)
 
     def _insert_record(self, buf: bytes) -> Record:
         """INSERT, the most common message, from its bytes to the stored JSON in one pass."""
