@@ -35,6 +35,7 @@ from .delivery._circuit import CircuitBreakerRegistry, CircuitState
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
 from .postgres import format_lsn
+from .postgres._codec import codec_description
 from .postgres._replication import Capture
 from .postgres._setup import (
     check_server,
@@ -177,6 +178,7 @@ class WebhookServer:
             decode_worker=cfg.cdc.decode_worker,
         )
         self._loop = asyncio.get_running_loop()
+        log.info("codec: %s", codec_description())  # the compiled one, or why not
         self.capture.start()
         for row in self.store.list_streams():
             await self._start_runner(row)

@@ -30,6 +30,7 @@ from .._errors import SourceError, StateError
 from .._metrics import CONFIRMED_LSN, EVENTS_PROCESSED, LOCAL_LOG_BYTES, REPLICATION_UP
 from .._record import OP_WATERMARK
 from ..delivery._locallog import LocalLog
+from ._codec import codec_name
 from ._decoder import ChangeDecoder, RelationInfo
 from ._decoding import DecodedBatch, Decoding, InThread, InWorker
 from ._protocol import format_lsn
@@ -335,4 +336,5 @@ class Capture:
             "transactions": s.transactions,
             "last_error": s.last_error,
             "paused_reason": s.paused_reason,
+            "codec": codec_name(),
         }

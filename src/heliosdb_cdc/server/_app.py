@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from .._config import StreamConfig, WebhookRegistration
 from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
 from .._metrics import REGISTRY
+from ..postgres._codec import codec_name
 from ._openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def build_app(service: WebhookServer) -> web.Application:
                 "replication_connected": bool(cap and cap.connected),
                 "streams": len(service.runners),
                 "source_error": service.source_error or (cap.last_error if cap else None),
+                "codec": codec_name(),  # native (compiled) or pure-python
             }
         )
 
