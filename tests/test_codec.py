@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from heliosdb_cdc._record import Record
 from heliosdb_cdc.postgres import _codec
 from heliosdb_cdc.postgres._decoder import ChangeDecoder
+from heliosdb_cdc.postgres._decoding import decode_batch
 from heliosdb_cdc.postgres._types import encoder_for
 from tests import pgoutput_builders as b
 from tests.pgoutput_builders import UNCHANGED
@@ -324,3 +326,43 @@ def test_codec_selection_by_environment() -> None:
     dec = ChangeDecoder("db", native=False)
     dec.feed(b.relation(REL, "public", "t", [("id", 23, -1, True)]))
     assert dec.relations[REL].native is None
+
+
+@given(workload(), st.lists(st.integers(1, 7), min_size=1, max_size=6), st.booleans())
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+def test_batches_through_the_compiled_runs_match(
+    case: tuple[list[Any], str, list[bytes]], cuts: list[int], plain: bool
+) -> None:
+    """decode_batch hands runs of row changes to the compiled codec in one call; a binary
+    column (handed back) and transaction boundaries split the runs."""
+    cols, ident, msgs = case
+    binary = b.insert(REL, [b"\x00\x01", *[None] * (NCOLS - 1)])
+    payloads = session(cols, ident, [*msgs, binary, *msgs])
+    payloads += [b.begin(0x2_0000_0010, TS, 4243), *msgs, b.commit(0x2_0000_0010, 0x2_0000_0018, TS)]
+    batches, pos = [], 0
+    for c in [*cuts, len(payloads)]:
+        batches.append(payloads[pos : pos + c])
+        pos += c
+    fast = ChangeDecoder("db", native=True)
+    pure = ChangeDecoder("db", native=False)
+    for batch in batches:
+        got, want = decode_batch(fast, batch, plain), decode_batch(pure, batch, plain)
+        assert got.events == want.events
+        assert [type(e) for e in got.events] == [type(e) for e in want.events]
+        assert (got.commits, got.order, got.in_transaction) == (want.commits, want.order, want.in_transaction)
+    assert fast.next_sequence == pure.next_sequence
+
+
+def test_a_bad_message_in_a_run_fails_as_on_the_python_path() -> None:
+    cols = [(name, oid, -1, i == 0) for i, (name, oid, _) in enumerate(TYPES)]
+    good = b.insert(REL, ["1", *[None] * (NCOLS - 1)])
+    bad = b.insert(REL, ["1", "2", "3", "4", "5", "1e", *[None] * (NCOLS - 6)])  # float nobody accepts
+    errors = []
+    for native_ in (True, False):
+        dec = _decoder_in_txn(native_, cols)
+        with pytest.raises(Exception) as info:
+            decode_batch(dec, [good, good, bad, good])
+        errors.append((type(info.value), str(info.value), dec.next_sequence))
+    assert errors[0] == errors[1]

@@ -10,7 +10,7 @@
 //! the reference and says what is wrong.
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 mod encode;
 
@@ -77,6 +77,17 @@ struct RowCodec {
     fallbacks: Vec<Py<PyAny>>, // the Python encoder per column (bytes -> bytes)
     key_idx: Vec<usize>,       // replica identity columns
     op_heads: [Vec<u8>; 3],    // ',"operation":"INSERT","database":..,"table":..,"key":' per op
+    table: Py<PyString>,       // the Record's table
+}
+
+/// (op code, key JSON, event JSON) of one change, before they become Python objects.
+type Encoded3 = (u8, Vec<u8>, Vec<u8>);
+
+/// The parts of the event JSON that are the same for a whole transaction.
+struct Txn<'a> {
+    id_prefix: &'a [u8], // '{"event_id":"evt_<commit LSN>_'
+    mid: &'a [u8],       // '","timestamp":"...","sequence":'
+    tail: &'a [u8],      // ',"transaction_id":"txn_<xid>"}'
 }
 
 impl RowCodec {
@@ -155,48 +166,19 @@ impl RowCodec {
         }
         out.push(b'}');
     }
-}
-
-#[pymethods]
-impl RowCodec {
-    #[new]
-    fn new(
-        heads: Vec<Vec<u8>>,
-        kinds: Vec<u8>,
-        fallbacks: Vec<Py<PyAny>>,
-        key_idx: Vec<usize>,
-        op_heads: [Vec<u8>; 3],
-    ) -> PyResult<Self> {
-        let n = heads.len();
-        if kinds.len() != n || fallbacks.len() != n || key_idx.iter().any(|&i| i >= n) {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "RowCodec: heads, kinds and fallbacks differ in length or a key index is out of range",
-            ));
-        }
-        Ok(RowCodec {
-            heads,
-            kinds,
-            fallbacks,
-            key_idx,
-            op_heads,
-        })
-    }
 
     /// `(op, key JSON, event JSON)` of one I/U/D message, or `None`: use the Python path.
     ///
     /// The event is `id_prefix + index (6 digits) + mid + seq + op head + key +
     /// ',"value":' + value + ',"old_value":' + old + txn_tail`.
-    #[allow(clippy::too_many_arguments)]
-    fn change<'py>(
+    fn encode_change(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         buf: &[u8],
-        id_prefix: &[u8],
+        txn: &Txn<'_>,
         index: u64,
-        mid: &[u8],
         seq: u64,
-        txn_tail: &[u8],
-    ) -> PyResult<Option<Change<'py>>> {
+    ) -> PyResult<Option<Encoded3>> {
         let n = self.heads.len();
         let tag = match buf.first() {
             Some(&t) => t,
@@ -282,18 +264,18 @@ impl RowCodec {
         };
         let head = &self.op_heads[(op - 1) as usize];
         let mut body = Vec::with_capacity(
-            id_prefix.len()
-                + mid.len()
+            txn.id_prefix.len()
+                + txn.mid.len()
                 + head.len()
                 + key.len()
                 + value.len()
                 + old.len()
-                + txn_tail.len()
+                + txn.tail.len()
                 + 64,
         );
-        body.extend_from_slice(id_prefix);
+        body.extend_from_slice(txn.id_prefix);
         body.extend_from_slice(format!("{index:06}").as_bytes());
-        body.extend_from_slice(mid);
+        body.extend_from_slice(txn.mid);
         body.extend_from_slice(seq.to_string().as_bytes());
         body.extend_from_slice(head);
         body.extend_from_slice(&key);
@@ -301,9 +283,154 @@ impl RowCodec {
         body.extend_from_slice(&value);
         body.extend_from_slice(b",\"old_value\":");
         body.extend_from_slice(&old);
-        body.extend_from_slice(txn_tail);
-        Ok(Some((op, PyBytes::new(py, &key), PyBytes::new(py, &body))))
+        body.extend_from_slice(txn.tail);
+        Ok(Some((op, key, body)))
     }
+}
+
+#[pymethods]
+impl RowCodec {
+    /// `(op, key JSON, event JSON)` of one I/U/D message, or `None`: use the Python path.
+    ///
+    /// The event is `id_prefix + index (6 digits) + mid + seq + op head + key +
+    /// ',"value":' + value + ',"old_value":' + old + txn_tail`.
+    #[allow(clippy::too_many_arguments)]
+    fn change<'py>(
+        &self,
+        py: Python<'py>,
+        buf: &[u8],
+        id_prefix: &[u8],
+        index: u64,
+        mid: &[u8],
+        seq: u64,
+        txn_tail: &[u8],
+    ) -> PyResult<Option<Change<'py>>> {
+        let txn = Txn {
+            id_prefix,
+            mid,
+            tail: txn_tail,
+        };
+        Ok(self
+            .encode_change(py, buf, &txn, index, seq)?
+            .map(|(op, key, body)| (op, PyBytes::new(py, &key), PyBytes::new(py, &body))))
+    }
+
+    #[new]
+    fn new(
+        heads: Vec<Vec<u8>>,
+        kinds: Vec<u8>,
+        fallbacks: Vec<Py<PyAny>>,
+        key_idx: Vec<usize>,
+        op_heads: [Vec<u8>; 3],
+        table: Py<PyString>,
+    ) -> PyResult<Self> {
+        let n = heads.len();
+        if kinds.len() != n || fallbacks.len() != n || key_idx.iter().any(|&i| i >= n) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "RowCodec: heads, kinds and fallbacks differ in length or a key index is out of range",
+            ));
+        }
+        Ok(RowCodec {
+            heads,
+            kinds,
+            fallbacks,
+            key_idx,
+            op_heads,
+            table,
+        })
+    }
+}
+
+/// Records of the run of I/U/D messages at `payloads[start..]`, appended to `out`.
+///
+/// `codecs` maps relation oid -> RowCodec. The run stops at the first payload that is
+/// not an I/U/D message of a relation in `codecs`, or that a codec hands back (the
+/// Python path takes it); returns how many payloads it consumed. Records are
+/// `record_cls` instances (a tuple subclass: `Record`) or plain tuples when it is None,
+/// `(seq, lsn, ts_us, op, table, key, body, index)`, with `index` and `seq` counting on
+/// from the given ones.
+#[pyfunction]
+#[pyo3(signature = (payloads, start, codecs, id_prefix, index, mid, seq, txn_tail, lsn, ts_us, record_cls, out))]
+#[allow(clippy::too_many_arguments)]
+fn decode_run(
+    py: Python<'_>,
+    payloads: &Bound<'_, PyList>,
+    start: usize,
+    codecs: &Bound<'_, PyDict>,
+    id_prefix: &[u8],
+    index: u64,
+    mid: &[u8],
+    seq: u64,
+    txn_tail: &[u8],
+    lsn: u64,
+    ts_us: i64,
+    record_cls: Option<Bound<'_, PyAny>>,
+    out: &Bound<'_, PyList>,
+) -> PyResult<usize> {
+    let txn = Txn {
+        id_prefix,
+        mid,
+        tail: txn_tail,
+    };
+    let tuple_new = match &record_cls {
+        Some(_) => Some(py.get_type::<PyTuple>().getattr("__new__")?),
+        None => None,
+    };
+    let lsn_obj = lsn.into_pyobject(py)?;
+    let ts_obj = ts_us.into_pyobject(py)?;
+    let n = payloads.len();
+    let mut i = start;
+    let mut last_oid = u32::MAX;
+    let mut codec_obj: Option<Bound<'_, RowCodec>> = None;
+    while i < n {
+        let item = payloads.get_item(i)?;
+        let Ok(payload) = item.cast::<PyBytes>() else {
+            break;
+        };
+        let buf = payload.as_bytes();
+        if buf.len() < 6 || !matches!(buf[0], b'I' | b'U' | b'D') {
+            break;
+        }
+        let oid = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        if oid != last_oid || codec_obj.is_none() {
+            match codecs.get_item(oid)? {
+                Some(c) => match c.cast_into::<RowCodec>() {
+                    Ok(c) => codec_obj = Some(c),
+                    Err(_) => break,
+                },
+                None => break,
+            }
+            last_oid = oid;
+        }
+        let Some(codec_ref) = codec_obj.as_ref() else {
+            break;
+        };
+        let codec = codec_ref.get();
+        let k = (i - start) as u64;
+        let Ok(Some((op, key, body))) = codec.encode_change(py, buf, &txn, index + k, seq + k)
+        else {
+            break; // the Python path takes it (and reports what is wrong with it)
+        };
+        let fields = PyTuple::new(
+            py,
+            [
+                (seq + k).into_pyobject(py)?.into_any(),
+                lsn_obj.clone().into_any(),
+                ts_obj.clone().into_any(),
+                op.into_pyobject(py)?.into_any(),
+                codec.table.bind(py).clone().into_any(),
+                PyBytes::new(py, &key).into_any(),
+                PyBytes::new(py, &body).into_any(),
+                (index + k).into_pyobject(py)?.into_any(),
+            ],
+        )?;
+        match (&tuple_new, &record_cls) {
+            (Some(new), Some(cls)) => out.append(new.call1((cls, fields))?)?,
+            _ => out.append(fields)?,
+        }
+        i += 1;
+    }
+    Ok(i - start)
 }
 
 /// JSON string of `text` (UTF-8) as orjson writes it; for tests and the Python side.
@@ -325,6 +452,7 @@ fn encode_value<'py>(py: Python<'py>, kind: u8, text: &[u8]) -> Option<Bound<'py
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RowCodec>()?;
     m.add_function(wrap_pyfunction!(json_string, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_run, m)?)?;
     m.add_function(wrap_pyfunction!(encode_value, m)?)?;
     m.add("KIND_VERBATIM", encode::VERBATIM)?;
     m.add("KIND_NUMERIC", encode::NUMERIC)?;

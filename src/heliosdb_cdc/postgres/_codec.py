@@ -120,4 +120,4 @@ def row_codec(
     fallbacks = [_types.encoder_for(oid) for oid in type_oids]
     where = b',"database":' + dumps(database) + b',"table":' + dumps(table) + b',"key":'
     op_heads = [b',"operation":"%s"%s' % (op, where) for op in (b"INSERT", b"UPDATE", b"DELETE")]
-    return native.RowCodec(heads, kinds, fallbacks, list(key_idx), op_heads)
+    return native.RowCodec(heads, kinds, fallbacks, list(key_idx), op_heads, table)

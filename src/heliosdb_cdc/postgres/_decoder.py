@@ -109,6 +109,7 @@ class ChangeDecoder:
         self.database = database
         # the compiled codec (None: pure Python); by default as _codec decided for this process
         self._native = native_module() if native is None else load_native() if native else None
+        self._native_codecs: dict[int, Any] = {}  # relation oid -> its compiled codec
         self.next_sequence = next_sequence
         # Transactions whose commit LSN is <= this are already in the local log.
         self.skip_through_lsn = skip_through_lsn
@@ -281,6 +282,10 @@ class ChangeDecoder:
             self.database,
             info.table,
         )
+        if info.native is not None:
+            self._native_codecs[rel.oid] = info.native
+        else:
+            self._native_codecs.pop(rel.oid, None)
         if not info.key_idx and rel.replica_identity != "f":
             self.notices.append(
                 f"table {info.table} has no primary key or replica identity: its events carry "
@@ -313,6 +318,33 @@ class ChangeDecoder:
             ],
         }
         return self._make(info, OperationType.SCHEMA_CHANGE, {}, value, {"columns": old})
+
+    def feed_run(self, payloads: list[bytes], start: int, out: list[Any], plain: bool = False) -> int:
+        """The run of INSERT/UPDATE/DELETE messages at ``payloads[start:]`` through the compiled
+        codec in one call: their records appended to ``out`` (plain tuples when ``plain``),
+        the number of payloads taken returned. 0: feed the next one to :meth:`feed_records`
+        (not an I/U/D message, the pure-Python codec, a message the compiled one hands back)."""
+        if self._native is None or self._ts is None or self._in_stream or self._skipping:
+            return 0
+        index = self._index + 1
+        seq = self.next_sequence
+        k: int = self._native.decode_run(
+            payloads,
+            start,
+            self._native_codecs,
+            self._b_id_prefix,
+            index,
+            self._b_mid,
+            seq,
+            self._b_txn,
+            self._commit_lsn,
+            self._ts_us,
+            None if plain else Record,
+            out,
+        )
+        self._index += k
+        self.next_sequence = seq + k
+        return k
 
     def _native_record(self, buf: bytes) -> Record | None:
         """An I/U/D message through the compiled codec; None: take the Python path (which
