@@ -366,3 +366,14 @@ def test_a_bad_message_in_a_run_fails_as_on_the_python_path() -> None:
             decode_batch(dec, [good, good, bad, good])
         errors.append((type(info.value), str(info.value), dec.next_sequence))
     assert errors[0] == errors[1]
+
+
+def test_bc_values_and_dates_leave_the_spelling_to_python() -> None:
+    k = native
+    assert k.encode_value(k.KIND_TIMESTAMP, b"0044-03-15 12:00:00 BC") is None
+    assert k.encode_value(k.KIND_TIMESTAMP, b"10000-01-01 00:00:00") == b'"10000-01-01T00:00:00"'
+    assert k.encode_value(k.KIND_TIMESTAMPTZ, b"0044-03-15 12:00:00+00 BC") is None
+    # a date encoder (`_types._enc_date`, when it exists) quotes the text; BC goes to Python
+    assert k.encode_value(k.KIND_DATE, b"2026-01-04") == b'"2026-01-04"'
+    assert k.encode_value(k.KIND_DATE, b"-infinity") == b'"-infinity"'
+    assert k.encode_value(k.KIND_DATE, b"0044-03-15 BC") is None

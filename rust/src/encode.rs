@@ -18,6 +18,7 @@ pub const FLOAT: u8 = 4; // real, double precision: orjson's float form
 pub const TIMESTAMPTZ: u8 = 5; // UTC timestamptz ("... +00") only
 pub const TIMESTAMP: u8 = 6;
 pub const BYTEA: u8 = 7; // hex format only
+pub const DATE: u8 = 8; // quoted as is; BC dates go to Python
 pub const PYTHON: u8 = 255; // always the Python encoder
 
 /// Append the JSON of `text` (a value of encoder `kind`); `false`: use Python.
@@ -50,6 +51,15 @@ pub fn encode(kind: u8, text: &[u8], out: &mut Vec<u8>) -> bool {
         TIMESTAMPTZ => timestamptz(text, out),
         TIMESTAMP => timestamp(text, out),
         BYTEA => bytea(text, out),
+        DATE => {
+            if text.ends_with(b" BC")
+                || !text.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            {
+                return false;
+            }
+            quoted_ascii(text, out);
+            true
+        }
         _ => false,
     }
 }
@@ -148,11 +158,15 @@ fn timestamptz(b: &[u8], out: &mut Vec<u8>) -> bool {
     true
 }
 
-/// `2026-01-04 12:00:00` -> `"2026-01-04T12:00:00"` (the first space), infinities as they are.
+/// `2026-01-04 12:00:00` -> `"2026-01-04T12:00:00"` (the first space), infinities as they
+/// are; BC timestamps (their year's spelling) go to Python.
 fn timestamp(b: &[u8], out: &mut Vec<u8>) -> bool {
     let Ok(s) = std::str::from_utf8(b) else {
         return false;
     };
+    if s.ends_with(" BC") {
+        return false;
+    }
     if s == "infinity" || s == "-infinity" {
         json_str(b, out);
         return true;

@@ -462,6 +462,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_TIMESTAMPTZ", encode::TIMESTAMPTZ)?;
     m.add("KIND_TIMESTAMP", encode::TIMESTAMP)?;
     m.add("KIND_BYTEA", encode::BYTEA)?;
+    m.add("KIND_DATE", encode::DATE)?;
     m.add("KIND_PYTHON", encode::PYTHON)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -68,15 +68,14 @@ def codec_description() -> str:
     return _WHY
 
 
-def kind_for(native: ModuleType, type_oid: int) -> int:
-    """The compiled encoder for a column type: the one doing what ``encoder_for`` does.
+def kind_of(native: ModuleType, encoder: Any) -> int:
+    """The compiled encoder doing what the Python ``encoder`` (``_types.encoder_for``) does.
 
-    Decided by identity of the Python encoder/converter, so a type whose Python
-    encoder changes (and is not mirrored in ``rust/src/encode.rs``) falls back
-    to that Python encoder instead of silently diverging.
+    Decided by the identity of the Python encoder (or, for the generic one, of its
+    converter), so a type whose Python encoder changes, and is not mirrored in
+    ``rust/src/encode.rs``, falls back to that Python encoder instead of diverging.
     """
     n = native
-    enc = _types.encoder_for(type_oid)
     by_encoder: dict[Any, int] = {
         getattr(_types, "_enc_verbatim", None): n.KIND_VERBATIM,
         getattr(_types, "_enc_numeric", None): n.KIND_NUMERIC,
@@ -84,17 +83,23 @@ def kind_for(native: ModuleType, type_oid: int) -> int:
         getattr(_types, "_enc_str", None): n.KIND_STR,
         getattr(_types, "_enc_float", None): n.KIND_FLOAT,
         getattr(_types, "_enc_timestamptz", None): n.KIND_TIMESTAMPTZ,
+        getattr(_types, "_enc_date", None): n.KIND_DATE,
     }
     by_encoder.pop(None, None)
-    kind = by_encoder.get(enc)
+    kind = by_encoder.get(encoder)
     if kind is not None:
         return kind
     # types whose Python encoder is the generic one (their converter, then JSON)
-    if _is_generic_of(enc, getattr(_types, "_to_timestamp", None)):
+    if _is_generic_of(encoder, getattr(_types, "_to_timestamp", None)):
         return int(n.KIND_TIMESTAMP)
-    if _is_generic_of(enc, getattr(_types, "_to_bytea", None)):
+    if _is_generic_of(encoder, getattr(_types, "_to_bytea", None)):
         return int(n.KIND_BYTEA)
     return int(n.KIND_PYTHON)
+
+
+def kind_for(native: ModuleType, type_oid: int) -> int:
+    """:func:`kind_of` the Python encoder of a column type."""
+    return kind_of(native, _types.encoder_for(type_oid))
 
 
 def _is_generic_of(enc: Any, conv: Any) -> bool:
@@ -107,17 +112,18 @@ def _is_generic_of(enc: Any, conv: Any) -> bool:
 def row_codec(
     native: ModuleType | None,
     names: Sequence[str],
-    type_oids: Sequence[int],
+    encoders: Sequence[Any],
     key_idx: Sequence[int],
     database: str,
     table: str,
 ) -> Any:
-    """The compiled codec (``native``) of one relation; None on the pure-Python path."""
+    """The compiled codec (``native``) of one relation whose columns have the Python
+    ``encoders`` (``RelationInfo.encoders``); None on the pure-Python path."""
     if native is None:
         return None
     heads = [dumps(name) + b":" for name in names]
-    kinds = [kind_for(native, oid) for oid in type_oids]
-    fallbacks = [_types.encoder_for(oid) for oid in type_oids]
+    kinds = [kind_of(native, enc) for enc in encoders]
+    fallbacks = list(encoders)
     where = b',"database":' + dumps(database) + b',"table":' + dumps(table) + b',"key":'
     op_heads = [b',"operation":"%s"%s' % (op, where) for op in (b"INSERT", b"UPDATE", b"DELETE")]
     return native.RowCodec(heads, kinds, fallbacks, list(key_idx), op_heads, table)

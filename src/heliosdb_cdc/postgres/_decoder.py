@@ -110,6 +110,7 @@ class ChangeDecoder:
         # the compiled codec (None: pure Python); by default as _codec decided for this process
         self._native = native_module() if native is None else load_native() if native else None
         self._native_codecs: dict[int, Any] = {}  # relation oid -> its compiled codec
+        self._native_txn: tuple[Any, ...] = ()  # (lsn, xid, time text, its three JSON parts)
         self.next_sequence = next_sequence
         # Transactions whose commit LSN is <= this are already in the local log.
         self.skip_through_lsn = skip_through_lsn
@@ -125,7 +126,6 @@ class ChangeDecoder:
         self._b_id_prefix = b""
         self._b_mid = b""
         self._b_tail = b""
-        self._b_txn = b""
         self._skipping = False
         self._in_stream = False
         self._stream_xid = 0
@@ -246,7 +246,6 @@ class ChangeDecoder:
         self._b_id_prefix = b'{"event_id":"evt_%016x_' % final_lsn
         self._b_mid = b'","timestamp":"' + self._ts_text.encode() + b'","sequence":'
         self._b_tail = b',"old_value":null,"transaction_id":"txn_%d"}' % xid
-        self._b_txn = b',"transaction_id":"txn_%d"}' % xid
         self._index = 0
         self._skipping = final_lsn <= self.skip_through_lsn
 
@@ -277,7 +276,7 @@ class ChangeDecoder:
         info.native = row_codec(
             self._native,
             info.names,
-            [c.type_oid for c in rel.columns],
+            info.encoders,
             info.key_idx,
             self.database,
             info.table,
@@ -328,15 +327,16 @@ class ChangeDecoder:
             return 0
         index = self._index + 1
         seq = self.next_sequence
+        id_prefix, mid, tail = self._native_parts()
         k: int = self._native.decode_run(
             payloads,
             start,
             self._native_codecs,
-            self._b_id_prefix,
+            id_prefix,
             index,
-            self._b_mid,
+            mid,
             seq,
-            self._b_txn,
+            tail,
             self._commit_lsn,
             self._ts_us,
             None if plain else Record,
@@ -345,6 +345,22 @@ class ChangeDecoder:
         self._index += k
         self.next_sequence = seq + k
         return k
+
+    def _native_parts(self) -> tuple[bytes, bytes, bytes]:
+        """The event JSON around the compiled codec's part, per transaction:
+        ``{"event_id":"evt_<lsn>_`` / ``","timestamp":"...","sequence":`` / ``,"transaction_id":...}``."""
+        lsn, xid, ts_text = self._commit_lsn, self._xid, self._ts_text
+        cached = self._native_txn
+        if cached[:3] != (lsn, xid, ts_text):
+            cached = self._native_txn = (
+                lsn,
+                xid,
+                ts_text,
+                b'{"event_id":"evt_%016x_' % lsn,
+                b'","timestamp":' + dumps(ts_text) + b',"sequence":',
+                b',"transaction_id":' + dumps(f"txn_{xid}") + b"}",
+            )
+        return cached[3], cached[4], cached[5]
 
     def _native_record(self, buf: bytes) -> Record | None:
         """An I/U/D message through the compiled codec; None: take the Python path (which
@@ -360,8 +376,9 @@ class ChangeDecoder:
             return None
         index = self._index + 1
         seq = self.next_sequence
+        id_prefix, mid, tail = self._native_parts()
         try:
-            out = info.native.change(buf, self._b_id_prefix, index, self._b_mid, seq, self._b_txn)
+            out = info.native.change(buf, id_prefix, index, mid, seq, tail)
         except Exception:
             return None  # e.g. a Python encoder refused a value: the Python path raises it
         if out is None:
