@@ -318,76 +318,6 @@ class ChangeDecoder:
         }
         return self._make(info, OperationType.SCHEMA_CHANGE, {}, value, {"columns": old})
 
-    def feed_run(self, payloads: list[bytes], start: int, out: list[Any], plain: bool = False) -> int:
-        """The run of INSERT/UPDATE/DELETE messages at ``payloads[start:]`` through the compiled
-        codec in one call: their records appended to ``out`` (plain tuples when ``plain``),
-        the number of payloads taken returned. 0: feed the next one to :meth:`feed_records`
-        (not an I/U/D message, the pure-Python codec, a message the compiled one hands back)."""
-        if self._native is None or self._ts is None or self._in_stream or self._skipping:
-            return 0
-        index = self._index + 1
-        seq = self.next_sequence
-        id_prefix, mid, tail = self._native_parts()
-        k: int = self._native.decode_run(
-            payloads,
-            start,
-            self._native_codecs,
-            id_prefix,
-            index,
-            mid,
-            seq,
-            tail,
-            self._commit_lsn,
-            self._ts_us,
-            None if plain else Record,
-            out,
-        )
-        self._index += k
-        self.next_sequence = seq + k
-        return k
-
-    def _native_parts(self) -> tuple[bytes, bytes, bytes]:
-        """The event JSON around the compiled codec's part, per transaction:
-        ``{"event_id":"evt_<lsn>_`` / ``","timestamp":"...","sequence":`` / ``,"transaction_id":...}``."""
-        lsn, xid, ts_text = self._commit_lsn, self._xid, self._ts_text
-        cached = self._native_txn
-        if cached[:3] != (lsn, xid, ts_text):
-            cached = self._native_txn = (
-                lsn,
-                xid,
-                ts_text,
-                b'{"event_id":"evt_%016x_' % lsn,
-                b'","timestamp":' + dumps(ts_text) + b',"sequence":',
-                b',"transaction_id":' + dumps(f"txn_{xid}") + b"}",
-            )
-        return cached[3], cached[4], cached[5]
-
-    def _native_record(self, buf: bytes) -> Record | None:
-        """An I/U/D message through the compiled codec; None: take the Python path (which
-        is also the one that reports a malformed message)."""
-        if self._ts is None:
-            return None
-        try:
-            (oid,) = _U32.unpack_from(buf, 1)
-            info = self.relations[oid]
-        except (struct.error, KeyError):
-            return None
-        if info.native is None:
-            return None
-        index = self._index + 1
-        seq = self.next_sequence
-        id_prefix, mid, tail = self._native_parts()
-        try:
-            out = info.native.change(buf, id_prefix, index, mid, seq, tail)
-        except Exception:
-            return None  # e.g. a Python encoder refused a value: the Python path raises it
-        if out is None:
-            return None
-        self._index = index
-        self.next_sequence = seq + 1
-        op, key, body = out
-        return Record(seq, self._commit_lsn, self._ts_us, op, info.table, key, body, index)
-
     def _insert_record(self, buf: bytes) -> Record:
         """INSERT, the most common message, from its bytes to the stored JSON in one pass."""
         try:
@@ -570,3 +500,74 @@ class ChangeDecoder:
             f.close()
         out.extend(self._end(msg.commit_lsn, msg.end_lsn, msg.commit_ts_us))
         return out
+
+    # -- the compiled codec (postgres/_codec.py) ------------------------------------
+    def feed_run(self, payloads: list[bytes], start: int, out: list[Any], plain: bool = False) -> int:
+        """The run of INSERT/UPDATE/DELETE messages at ``payloads[start:]`` through the compiled
+        codec in one call: their records appended to ``out`` (plain tuples when ``plain``),
+        the number of payloads taken returned. 0: feed the next one to :meth:`feed_records`
+        (not an I/U/D message, the pure-Python codec, a message the compiled one hands back)."""
+        if self._native is None or self._ts is None or self._in_stream or self._skipping:
+            return 0
+        index = self._index + 1
+        seq = self.next_sequence
+        id_prefix, mid, tail = self._native_parts()
+        k: int = self._native.decode_run(
+            payloads,
+            start,
+            self._native_codecs,
+            id_prefix,
+            index,
+            mid,
+            seq,
+            tail,
+            self._commit_lsn,
+            self._ts_us,
+            None if plain else Record,
+            out,
+        )
+        self._index += k
+        self.next_sequence = seq + k
+        return k
+
+    def _native_parts(self) -> tuple[bytes, bytes, bytes]:
+        """The event JSON around the compiled codec's part, per transaction:
+        ``{"event_id":"evt_<lsn>_`` / ``","timestamp":"...","sequence":`` / ``,"transaction_id":...}``."""
+        lsn, xid, ts_text = self._commit_lsn, self._xid, self._ts_text
+        cached = self._native_txn
+        if cached[:3] != (lsn, xid, ts_text):
+            cached = self._native_txn = (
+                lsn,
+                xid,
+                ts_text,
+                b'{"event_id":"evt_%016x_' % lsn,
+                b'","timestamp":' + dumps(ts_text) + b',"sequence":',
+                b',"transaction_id":' + dumps(f"txn_{xid}") + b"}",
+            )
+        return cached[3], cached[4], cached[5]
+
+    def _native_record(self, buf: bytes) -> Record | None:
+        """An I/U/D message through the compiled codec; None: take the Python path (which
+        is also the one that reports a malformed message)."""
+        if self._ts is None:
+            return None
+        try:
+            (oid,) = _U32.unpack_from(buf, 1)
+            info = self.relations[oid]
+        except (struct.error, KeyError):
+            return None
+        if info.native is None:
+            return None
+        index = self._index + 1
+        seq = self.next_sequence
+        id_prefix, mid, tail = self._native_parts()
+        try:
+            out = info.native.change(buf, id_prefix, index, mid, seq, tail)
+        except Exception:
+            return None  # e.g. a Python encoder refused a value: the Python path raises it
+        if out is None:
+            return None
+        self._index = index
+        self.next_sequence = seq + 1
+        op, key, body = out
+        return Record(seq, self._commit_lsn, self._ts_us, op, info.table, key, body, index)
