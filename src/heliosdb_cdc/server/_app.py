@@ -84,9 +84,9 @@ def build_app(service: WebhookServer) -> web.Application:
             {
                 "status": "ok",
                 "replication_connected": bool(cap and cap.connected),
+                "codec": codec_name(),  # native (compiled) or pure-python
                 "streams": len(service.runners),
                 "source_error": service.source_error or (cap.last_error if cap else None),
-                "codec": codec_name(),  # native (compiled) or pure-python
             }
         )
 
