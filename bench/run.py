@@ -12,6 +12,9 @@ Scenarios (see BENCHMARKS.md):
   webhook_batch  same with webhook.batch_size: 100 (a JSON array per POST)
   latency        fixed rates (1,000/s; and 5,000/s without --quick): commit->receipt p50/p99/p999
   backlog        N changes behind a dead endpoint (503), then recovery: peak RSS, drain rate
+  streams        control plane at scale: --streams (1,000) webhook streams created over REST
+                 (total and last-100 create time), idle CPU of the service, one DELETE, and one
+                 INSERT fanned out to every stream (time until all deliveries arrive)
   kafka          WAL -> Kafka (JSON), acknowledged (when a broker can be started here)
   debezium       Debezium Server 2.7.3 (HTTP sink) on the webhook1 workload + latency at 1,000/s
   pgstream       pgstream (webhook target), same, when installable
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +72,7 @@ ALL = [
     "webhook10",
     "latency",
     "backlog",
+    "streams",
     "kafka",
     "debezium",
     "pgstream",
@@ -159,6 +164,24 @@ def http_json(url: str, method: str = "GET", timeout: float = 5) -> Any:
         return body.decode()
 
 
+def http_post_json(url: str, data: Any, timeout: float = 60) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        url, method="POST", data=json.dumps(data).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def cpu_secs(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat: utime, stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_status(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -223,6 +246,8 @@ class Bench:
         self.n_bulk = args.changes or (50_000 if self.quick else 200_000)
         self.n_oltp = args.oltp_changes or (20_000 if self.quick else 100_000)
         self.n_backlog = args.backlog_changes or (50_000 if self.quick else 200_000)
+        self.n_streams = args.streams or (200 if self.quick else 1000)
+        self.create_budget = args.create_budget
         self.latency_secs = 10 if self.quick else 20
         self.rates = [1000] if self.quick else [1000, 5000]
         self.pg = EmbeddedPostgres(
@@ -621,6 +646,82 @@ class Bench:
             stop(proc)
             rec.close()
 
+    def sc_streams(self) -> None:
+        """Control plane at scale: ``n`` webhook streams on one table, each to its own URL of
+        one receiver. Create time (total, first and last 100), idle CPU over 10 s, one
+        DELETE, and one INSERT fanned out to all of them (commit -> last delivery)."""
+        self.prepare()
+        n = self.n_streams
+        rec = Receiver(self.workdir)
+        proc = None
+        try:
+            cfg, api = self.service_config("streams", rec.url, streams=[])
+            proc = self.start_service(cfg, api)
+            times: list[float] = []
+            t_start = time.perf_counter()
+            for i in range(n):
+                t0 = time.perf_counter()
+                status, body = http_post_json(
+                    api + "/api/streams",
+                    {
+                        "name": f"s{i:04d}",
+                        "tables": [wl.TABLE],
+                        "destination": {"type": "webhook", "address": f"{rec.url}/{i}"},
+                    },
+                )
+                times.append(time.perf_counter() - t0)
+                if status != 201:
+                    raise RuntimeError(f"POST /api/streams {i}: HTTP {status}: {str(body)[:300]}")
+                if time.perf_counter() - t_start > self.create_budget:
+                    log(f"streams: stopped creating after {i + 1} ({self.create_budget:.0f} s budget)")
+                    break
+            created = len(times)
+            create_secs = time.perf_counter() - t_start
+            time.sleep(2)  # settle
+            c0, w0 = cpu_secs(proc.pid), time.monotonic()
+            time.sleep(10)
+            idle_pct = 100 * (cpu_secs(proc.pid) - c0) / (time.monotonic() - w0)
+            http_json(rec.base + "/_reset", "POST")
+            (row_id,) = self.sql(
+                f"INSERT INTO {wl.TABLE} (account, note) VALUES (1, 'fan-out') RETURNING id"
+            )[0]
+            committed = float(
+                self.sql(
+                    "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) "
+                    f"FROM {wl.TABLE} WHERE id = %s",
+                    (row_id,),
+                )[0][0]
+            )
+            s = rec.wait_count(created, 300)
+            fanout = s["last_recv"] - committed
+            first = s["first_recv"] - committed
+            t0 = time.perf_counter()
+            req = urllib.request.Request(f"{api}/api/streams/s0000", method="DELETE")
+            with urllib.request.urlopen(req, timeout=60) as r:
+                assert r.status == 204
+            delete_ms = (time.perf_counter() - t0) * 1000
+            last100 = times[-100:]
+            self.add(
+                {
+                    "scenario": "streams",
+                    "workload": f"{created} streams",
+                    "changes": created,
+                    "create_secs": round(create_secs, 2),
+                    "create_first100_secs": round(sum(times[:100]), 2),
+                    "create_last100_secs": round(sum(last100), 2),
+                    "create_last_ms": round(times[-1] * 1000, 1),
+                    "idle_cpu_pct": round(idle_pct, 1),
+                    "fanout_first_ms": round(first * 1000, 1),
+                    "fanout_all_ms": round(fanout * 1000, 1),
+                    "delivered_events": s["count"],
+                    "delete_ms": round(delete_ms, 1),
+                    "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1),
+                }
+            )
+        finally:
+            stop(proc, timeout=60)
+            rec.close()
+
     # -- kafka ---------------------------------------------------------------------------------------
     def kafka_unavailable(self) -> str | None:
         try:
@@ -781,6 +882,8 @@ class Bench:
                         self.sc_latency()
                     elif sc == "backlog":
                         self.sc_backlog()
+                    elif sc == "streams":
+                        self.sc_streams()
                     elif sc in ("kafka", "debezium", "pgstream"):
                         getattr(self, f"sc_{sc}")(workloads)
                 except Exception as exc:
@@ -1002,6 +1105,12 @@ def table(results: list[dict[str, Any]]) -> str:
                     extra.append(f"batch_size {r['batch_size']}")
                 if r.get("rss_backlog_mb"):
                     extra.append(f"RSS idle {r['rss_idle_mb']} MB, capture {r['capture_rate']:.0f}/s")
+                if r.get("scenario") == "streams" and "create_secs" in r:
+                    extra.append(
+                        f"create {r['create_secs']} s (last 100: {r['create_last100_secs']} s), "
+                        f"idle CPU {r['idle_cpu_pct']} %, fan-out {r['fanout_all_ms']} ms, "
+                        f"DELETE {r['delete_ms']} ms"
+                    )
                 v = "; ".join(extra)
             if c == "note" and isinstance(v, str) and len(v) > 110:
                 v = v[:107] + "..."
@@ -1017,6 +1126,27 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def recorded_ratios() -> dict[str, float]:
+    """The ratios BENCHMARKS.md records (its ``<!-- ratios: {...} -->`` line)."""
+    m = re.search(r"<!--\s*ratios:\s*(\{.*?\})\s*-->", (ROOT / "BENCHMARKS.md").read_text(), re.S)
+    if m is None:
+        raise SystemExit("BENCHMARKS.md has no <!-- ratios: {...} --> line")
+    data: dict[str, float] = json.loads(m.group(1))
+    return data
+
+
+def check_ratios(measured: dict[str, float], recorded: dict[str, float]) -> list[str]:
+    """Problems with this run's ratios: each recorded ratio must be measured and reach
+    half of the recorded value (a machine's noise moves a ratio by up to 2x)."""
+    problems = []
+    for key, value in recorded.items():
+        if key not in measured:
+            problems.append(f"{key} not measured in this run (run the scenarios it needs)")
+        elif measured[key] < value / 2:
+            problems.append(f"{key} = {measured[key]} is below half of the {value} recorded in BENCHMARKS.md")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer changes, shorter latency runs")
@@ -1030,6 +1160,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changes", type=int, default=0, help="bulk changes per throughput scenario")
     p.add_argument("--oltp-changes", type=int, default=0, help="oltp changes per throughput scenario")
     p.add_argument("--backlog-changes", type=int, default=0)
+    p.add_argument("--streams", type=int, default=0, help="streams of the streams scenario (1,000)")
+    p.add_argument(
+        "--create-budget",
+        type=float,
+        default=600.0,
+        help="streams scenario: stop creating streams after this many seconds",
+    )
     p.add_argument("--json", help="write results here (default bench/results/<time>.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument(
@@ -1044,6 +1181,12 @@ def main(argv: list[str] | None = None) -> int:
         help="receiver server: raw asyncio HTTP/1.1 (default) or aiohttp.web",
     )
     p.add_argument("--report", metavar="JSON", help="print the table of an earlier run's JSON and exit")
+    p.add_argument(
+        "--check-ratios",
+        action="store_true",
+        help="exit 1 when a ratio recorded in BENCHMARKS.md falls below half (on a quiet machine: "
+        "python bench/run.py --quick --scenarios raw,null --check-ratios)",
+    )
     args = p.parse_args(argv)
     if args.report:
         data = json.loads(Path(args.report).read_text())
@@ -1072,6 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
             "bulk": bench.n_bulk,
             "oltp": bench.n_oltp,
             "backlog": bench.n_backlog,
+            "streams": bench.n_streams,
             "latency_secs": bench.latency_secs,
             "rates": bench.rates,
         },
@@ -1084,6 +1228,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(bench.results))
     print("ratios: " + json.dumps(rs))
     print(f"results: {path}")
+    if args.check_ratios:
+        recorded = recorded_ratios()
+        problems = check_ratios(rs, recorded)
+        print("recorded ratios: " + json.dumps(recorded))
+        for problem in problems:
+            print("RATIO BELOW FLOOR: " + problem)
+        return 1 if problems else 0
     return 0
 
 

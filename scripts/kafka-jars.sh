@@ -50,8 +50,22 @@ cat > "$work/pom.xml" <<POM
 </project>
 POM
 
+# DEST may be any directory the user names: remove only directories this script
+# made, never something else that is there (checked before downloading)
+MARK=".heliosdb-cdc-kafka-jars"
+ours() {
+  # the marker, or (from before the marker) nothing but jars
+  [ -f "$1/$MARK" ] || [ -z "$(find "$1" -mindepth 1 ! -name '*.jar' ! -name .complete -print -quit)" ]
+}
+for dir in "$LIBS" "$LIBS.tmp"; do
+  if [ -e "$dir" ] && ! ours "$dir"; then
+    echo "$dir exists and was not made by $0: move it away or choose another directory" >&2
+    exit 1
+  fi
+done
 rm -rf "$LIBS.tmp"
 mkdir -p "$LIBS.tmp"
+touch "$LIBS.tmp/$MARK"
 mvn -q -B -f "$work/pom.xml" dependency:copy-dependencies \
   -DincludeScope=runtime -DoutputDirectory="$LIBS.tmp" >&2
 rm -rf "$LIBS"

@@ -1,6 +1,8 @@
 """Schemathesis against the running service's own /openapi.json: no request, however
-odd, gets a 5xx. The service runs with an admin token (sent with every case), so the
-authentication layer is exercised too."""
+odd, gets a 5xx or hangs (Kafka and Kinesis destinations, to brokers that are not
+there, included). The service runs with an admin token (sent with every case), so the
+authentication layer is exercised too. Every route of the app is in the document, so
+every route is fuzzed. With ``CI=true`` a missing schemathesis is a failure, not a skip."""
 
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, settings
 
-schemathesis = pytest.importorskip("schemathesis")
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    import schemathesis  # in CI a missing test dependency fails the run (pip install -e '.[test]')
+else:
+    schemathesis = pytest.importorskip("schemathesis")
 
-from heliosdb_cdc import WebhookServer  # noqa: E402
-from heliosdb_cdc._config import config_from_dict  # noqa: E402
-from heliosdb_cdc._embedded import EmbeddedPostgres, free_port  # noqa: E402
-from heliosdb_cdc.server._openapi import OPENAPI  # noqa: E402
+from heliosdb_cdc import WebhookServer
+from heliosdb_cdc._config import config_from_dict
+from heliosdb_cdc._embedded import EmbeddedPostgres, free_port
+from heliosdb_cdc.server._openapi import OPENAPI
 
 TOKEN = "fuzz-admin-token-123456"
 EXAMPLES = int(os.environ.get("HELIOSDB_CDC_FUZZ_EXAMPLES", "25"))
@@ -89,13 +94,26 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
     derandomize=True,
 )
 def test_no_5xx(case: Any, live_base_url: str) -> None:
-    body = case.body if isinstance(case.body, dict) else {}
-    dest = body.get("destination") if isinstance(body.get("destination"), dict) else {}
-    if dest.get("type") in ("kafka", "kinesis"):
-        # known, outside this test's reach: creating a Kafka/Kinesis stream to an unreachable
-        # broker (e.g. address "") blocks the request, and then DELETE, for 20 s and more
-        return
-    resp = case.call(base_url=live_base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20)
+    # a request that blocks (e.g. on a broker that is not there) fails with a timeout:
+    # every answer is computed without waiting for a destination
+    resp = case.call(base_url=live_base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert resp.status_code < 500, (
         f"{case.method} {case.formatted_path}: {resp.status_code} {resp.text[:500]}"
     )
+
+
+def test_every_route_is_in_the_openapi_document() -> None:
+    """What is not in the document is not fuzzed."""
+    from heliosdb_cdc.server._app import build_app
+
+    class Service:
+        config = config_from_dict({})
+
+    app = build_app(Service())  # type: ignore[arg-type]
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    documented = {(m, p) for p, ops in OPENAPI["paths"].items() for m in ops}
+    assert routes - documented == set()

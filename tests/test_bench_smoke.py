@@ -1,36 +1,39 @@
-"""The benchmark's fast subset: ratios to the raw slot rate, never absolute times.
+"""The benchmark runs and counts every change: ``python bench/run.py --quick --scenarios
+raw,null`` with small workloads (its own PostgreSQL).
 
-Runs ``python bench/run.py --quick --scenarios raw,null`` (its own PostgreSQL) and
-fails only when a ratio falls below half of the value recorded in BENCHMARKS.md
-(the ``<!-- ratios: {...} -->`` line), so a noisy machine cannot fail it but a real
-regression does.
+No numbers are checked here: on a loaded machine a rate or ratio measures the load,
+not the code. Ratios are checked by the benchmark itself, on a quiet machine
+(``python bench/run.py --quick --scenarios raw,null --check-ratios``, BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# the live oltp ratio mostly measures how much CPU pgbench gets on a small machine: not checked
-CHECKED = ("null_over_raw_bulk", "null_over_raw_catchup")
 
 
-def recorded_ratios() -> dict[str, float]:
-    text = (ROOT / "BENCHMARKS.md").read_text()
-    m = re.search(r"<!--\s*ratios:\s*(\{.*?\})\s*-->", text, re.S)
-    assert m, "BENCHMARKS.md has no <!-- ratios: {...} --> line"
-    data: dict[str, float] = json.loads(m.group(1))
-    return data
+def _bench_run() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "bench"))  # run.py imports its sibling modules
+    try:
+        spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
 
 
-@pytest.mark.timeout(240)
-def test_bench_quick_raw_null_ratios(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.timeout(240)  # a hang guard, not a performance bound
+def test_bench_quick_raw_null_counts_every_change(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
@@ -39,6 +42,12 @@ def test_bench_quick_raw_null_ratios(tmp_path: Path, capsys: pytest.CaptureFixtu
             "--quick",
             "--scenarios",
             "raw,null",
+            "--changes",
+            "5000",
+            "--oltp-changes",
+            "1000",
+            "--backlog-changes",
+            "5000",
             "--json",
             str(out),
         ],
@@ -52,17 +61,23 @@ def test_bench_quick_raw_null_ratios(tmp_path: Path, capsys: pytest.CaptureFixtu
     data = json.loads(out.read_text())
     results = data["results"]
     assert not [r for r in results if r.get("note", "").startswith("error")], results
+    assert sorted((r["scenario"], r["workload"]) for r in results) == [
+        (s, w) for s in ("null", "raw") for w in ("bulk", "catchup", "oltp")
+    ]
     for r in results:
-        assert r["scenario"] in ("raw", "null")
-        assert r["rate"] > 0 and r["changes"] > 0, r
-        assert r["count_seen"] == r["changes"], r
-    ratios = data["ratios"]
-    with capsys.disabled():  # shown in CI's output even though pytest captures output
-        print("\nbench ratios (this run):", json.dumps(ratios), "recorded:", json.dumps(recorded_ratios()))
-    recorded = recorded_ratios()
-    for key in CHECKED:
-        assert key in ratios, f"{key} missing from {ratios}"
-        floor = recorded[key] / 2
-        assert ratios[key] >= floor, (
-            f"{key} = {ratios[key]} is below half of the {recorded[key]} recorded in BENCHMARKS.md"
-        )
+        assert r["changes"] > 0, r
+        assert r["count_seen"] == r["changes"], r  # every change written was received
+    # the ratios the benchmark reports (and --check-ratios compares) are computed
+    assert set(_bench_run().recorded_ratios()) <= set(data["ratios"])
+
+
+def test_check_ratios_floor() -> None:
+    run = _bench_run()
+    recorded = {"null_over_raw_bulk": 0.4, "null_over_raw_catchup": 0.1}
+    assert run.check_ratios({"null_over_raw_bulk": 0.2, "null_over_raw_catchup": 0.3}, recorded) == []
+    assert run.check_ratios({"null_over_raw_bulk": 0.19, "null_over_raw_catchup": 0.3}, recorded) == [
+        "null_over_raw_bulk = 0.19 is below half of the 0.4 recorded in BENCHMARKS.md"
+    ]
+    assert run.check_ratios({"null_over_raw_bulk": 0.3}, recorded) == [
+        "null_over_raw_catchup not measured in this run (run the scenarios it needs)"
+    ]

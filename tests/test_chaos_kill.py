@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import psycopg2
 import pytest
 import yaml
@@ -121,26 +122,87 @@ async def test_kill_9_restarts_lose_nothing(pg_db: PgDatabase, receiver: Receive
 
     events = receiver.events
     assert receiver.bad_signatures == 0
-    first_seen: dict[str, dict[str, Any]] = {}
-    for ev in events:
-        first_seen.setdefault(ev["event_id"], ev)
-    unique = list(first_seen.values())
-    duplicates = len(events) - len(unique)
+    unique = {e["event_id"] for e in events}
     print(
         f"\nchaos: written={written} delivered={len(events)} unique={len(unique)} "
-        f"duplicates={duplicates} lost={written - len(unique)} kills={kills}"
+        f"duplicates={len(events) - len(unique)} lost={written - len(unique)} kills={kills}"
     )
-    assert len(unique) == written, "changes lost"
-    # a repeated event id always carries the same content
-    for ev in events:
-        assert ev == first_seen[ev["event_id"]]
-    # per-key order: first deliveries of one row arrive in commit order
-    by_key: dict[int, list[int]] = {}
-    for ev in unique:
-        by_key.setdefault(ev["key"]["id"], []).append(ev["sequence"])
-    for key, seqs in by_key.items():
-        assert seqs == sorted(seqs), f"row {key} out of order"
-    assert (
-        sorted(e["sequence"] for e in unique) == list(range(1, written + 1))
-        or len({e["sequence"] for e in unique}) == written
+    check_deliveries(events, written)
+
+
+def _commit_order(event_id: str) -> tuple[int, int]:
+    """(commit LSN, index in the transaction) from ``evt_<lsn:016x>_<index:06d>``."""
+    _, lsn, index = event_id.split("_")
+    return int(lsn, 16), int(index)
+
+
+def check_deliveries(events: list[dict[str, Any]], written: int) -> None:
+    """What a receiver sees after crashes, in receipt order: every change exactly once
+    by event id, sequences 1..written without a gap in commit order, and per row every
+    delivery in commit order, where a delivery may only go back as a repeat of an
+    event already delivered (same event id, same content)."""
+    first: dict[str, dict[str, Any]] = {}
+    newest: dict[tuple[str, str], int] = {}  # row -> highest sequence delivered so far
+    last: dict[tuple[str, str], int] = {}  # row -> sequence of its latest delivery
+    for i, ev in enumerate(events):
+        row = (ev["table"], orjson.dumps(ev["key"], option=orjson.OPT_SORT_KEYS).decode())
+        seen = first.get(ev["event_id"])
+        if seen is not None:
+            assert ev == seen, f"delivery {i}: event id {ev['event_id']} repeated with other content"
+        else:
+            assert ev["sequence"] > newest.get(row, 0), (
+                f"delivery {i}: row {row} got sequence {ev['sequence']} (new event "
+                f"{ev['event_id']}) after sequence {newest[row]}"
+            )
+            first[ev["event_id"]] = ev
+            newest[row] = ev["sequence"]
+        last[row] = ev["sequence"]
+    assert len(first) == written, f"{written} changes written, {len(first)} delivered"
+    by_sequence = sorted(first.values(), key=lambda e: e["sequence"])
+    assert [e["sequence"] for e in by_sequence] == list(range(1, written + 1)), "sequence has gaps"
+    assert by_sequence == sorted(first.values(), key=lambda e: _commit_order(e["event_id"])), (
+        "sequence order is not commit order"
     )
+    # a receiver applying deliveries as they come ends with every row's newest change
+    stale = {row: seq for row, seq in last.items() if seq != newest[row]}
+    assert not stale, f"rows whose last delivery is not their newest change: {list(stale.items())[:5]}"
+
+
+def _ev(seq: int, key: int, lsn: int | None = None, index: int = 0, v: int = 0) -> dict[str, Any]:
+    return {
+        "event_id": f"evt_{lsn if lsn is not None else seq:016x}_{index:06d}",
+        "sequence": seq,
+        "table": "public.items",
+        "key": {"id": key},
+        "value": {"id": key, "v": v},
+    }
+
+
+GOOD = [_ev(1, 1), _ev(2, 2), _ev(3, 1), _ev(4, 2)]
+
+
+@pytest.mark.parametrize(
+    ("events", "written", "error"),
+    [
+        (GOOD, 4, None),
+        # a crash resends the window after the checkpoint: repeats, then on in order
+        ([*GOOD[:3], GOOD[0], GOOD[2], GOOD[3]], 4, None),
+        ([GOOD[0], GOOD[2], GOOD[1], GOOD[3]], 4, None),  # rows interleave freely
+        (GOOD[:3], 4, "4 changes written, 3 delivered"),
+        ([GOOD[0], GOOD[1], _ev(4, 1), _ev(5, 2)], 4, "sequence has gaps"),
+        ([_ev(1, 1, lsn=9), _ev(2, 2, lsn=8)], 2, "sequence order is not commit order"),
+        # a row's older change delivered for the first time after a newer one
+        ([GOOD[2], GOOD[1], GOOD[0], GOOD[3]], 4, "got sequence 1 .new event"),
+        ([*GOOD, {**GOOD[2], "value": {"id": 1, "v": 7}}], 4, "repeated with other content"),
+        # a repeat may go back, but the row must end with its newest change
+        ([*GOOD, GOOD[0]], 4, "last delivery is not their newest change"),
+    ],
+)
+def test_check_deliveries_catches_what_it_claims(
+    events: list[dict[str, Any]], written: int, error: str | None
+) -> None:
+    if error is None:
+        check_deliveries(events, written)
+    else:
+        with pytest.raises(AssertionError, match=error):
+            check_deliveries(events, written)

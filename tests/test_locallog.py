@@ -77,8 +77,8 @@ def check(rec: Record, ev: Event) -> None:
     assert rec.event_id == f"evt_{lsn:016x}_{idx:06d}"
 
 
-def open_log(path: Path, **kw: int) -> LocalLog:
-    log = LocalLog(path, sync=False, **kw)
+def open_log(path: Path, segment_bytes: int = 64 * 1024 * 1024, memory_events: int = 50_000) -> LocalLog:
+    log = LocalLog(path, segment_bytes, memory_events, sync=False)
     log.open()
     return log
 
@@ -280,7 +280,7 @@ def test_rewind_uncommitted(tmp_path: Path) -> None:
     w2.txn(1)
     assert log.sync_to_disk().seq == 3
     assert [r.seq for r in log.read_disk(1, 10)] == [1, 2, 3]
-    assert log.durable.seq == 3 and end.seq == 2
+    assert log.durable.seq == 3 and end is not None and end.seq == 2
     log.close()
 
 
@@ -293,6 +293,9 @@ def test_truncate_before_deletes_only_whole_old_segments(tmp_path: Path) -> None
     segs = list(log._segments)
     assert len(segs) >= 4
     total = log.size_bytes
+    # below the threshold nothing goes; at it, the first segment does
+    assert log.trim_threshold == segs[1] - 1
+    assert log.truncate_before(segs[1] - 2) == 0
     # a seq inside the second segment: only the first one is wholly consumed
     freed = log.truncate_before(segs[1])
     assert log._segments == segs[1:]
@@ -343,7 +346,9 @@ txn_plan = st.lists(
 
 @given(txn_plan, st.floats(0, 1), st.binary(max_size=40), st.sampled_from([10**9, 400]))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_random_crash_recovers_a_committed_prefix(plan, crash_at, junk, segment_bytes) -> None:
+def test_random_crash_recovers_a_committed_prefix(
+    plan: list[tuple[int, bool]], crash_at: float, junk: bytes, segment_bytes: int
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         log = open_log(d, segment_bytes=segment_bytes, memory_events=3)

@@ -37,6 +37,8 @@ class FakeService:
         self.capture = None
         self.runners: dict[str, Any] = {}
         self.source_error = None
+        self.fatal_error = None
+        self.ready = True
         self.store = self
         self.created: list[Any] = []
 
@@ -354,6 +356,37 @@ async def test_oversized_headers_are_refused(serve: Any) -> None:
     _, url = await serve(make_config())
     status, _ = await request("GET", url + "/health", headers={"X-Big": "a" * 20_000})
     assert status in (400, 431)
+
+
+async def test_read_only_sql_with_a_bad_body_is_a_4xx(serve: Any) -> None:
+    """The read-only check reads /sql bodies too: the same clear 4xx as for the admin."""
+    _, url = await serve(make_config(read_only_token=READER))
+    status, text = await request("POST", url + "/sql", token=READER, data=b"SHOW CDC STREAMS \xff;")
+    assert status == 400 and "not valid 'utf-8' text" in text
+    headers = {"Content-Type": "text/plain; charset=no-such-charset"}
+    status, text = await request("POST", url + "/sql", token=READER, data=b"SHOW CDC STREAMS;", headers=headers)
+    assert status == 415 and "unknown charset 'no-such-charset'" in text
+
+
+async def test_oversized_headers_log_one_line_rate_limited(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from heliosdb_cdc._logging import install_bad_request_filter
+
+    _, url = await serve(make_config())
+    install_bad_request_filter().reset()  # an earlier test's line must not hide this one
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        for _ in range(3):
+            status, _ = await request("GET", url + "/health", headers={"X-Big": "a" * 20_000})
+            assert status in (400, 431)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    # one line naming the problem, no traceback, not an ERROR; the other two left out
+    assert len(records) == 1, [r.getMessage() for r in records]
+    (rec,) = records
+    assert rec.levelno == logging.WARNING and rec.exc_info is None and rec.exc_text is None
+    message = rec.getMessage()
+    assert "malformed HTTP request from 127.0.0.1 refused with" in message and "\n" not in message
+    assert "Got more than" in message or "too long" in message.lower()
 
 
 # -- docs/security.md stays honest ---------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from heliosdb_cdc._errors import CdcError, SqlError, StreamExists, StreamNotFound
+from heliosdb_cdc.server._app import ServiceStreamManager
 from heliosdb_cdc.sql import (
     STREAM_COLUMNS,
     MemoryStreamManager,
@@ -41,8 +43,27 @@ def manager() -> MemoryStreamManager:
     return MemoryStreamManager()
 
 
-def test_memory_manager_is_a_stream_manager(manager: MemoryStreamManager) -> None:
-    assert isinstance(manager, StreamManager)
+def _protocol_methods() -> list[str]:
+    return sorted(name for name, value in vars(StreamManager).items() if inspect.iscoroutinefunction(value))
+
+
+@pytest.mark.parametrize("impl", [MemoryStreamManager, ServiceStreamManager])
+def test_managers_implement_the_protocol_signatures(impl: type) -> None:
+    """Each StreamManager is called by the executor with the protocol's parameters: every
+    method exists, is a coroutine function, and takes the same parameters (names, kinds,
+    defaults) as the protocol; ``isinstance`` alone only checks that the names exist."""
+    methods = _protocol_methods()
+    assert len(methods) == 9, methods  # the protocol itself was read
+    for name in methods:
+        method = getattr(impl, name, None)
+        assert method is not None, f"{impl.__name__} has no {name}"
+        assert inspect.iscoroutinefunction(method), f"{impl.__name__}.{name} is not async"
+        want = [
+            (p.name, p.kind, p.default)
+            for p in inspect.signature(getattr(StreamManager, name)).parameters.values()
+        ]
+        got = [(p.name, p.kind, p.default) for p in inspect.signature(method).parameters.values()]
+        assert got == want, f"{impl.__name__}.{name}{inspect.signature(method)}"
 
 
 # -- the guide, end to end ------------------------------------------------------------------

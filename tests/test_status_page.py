@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
 import re
 import shutil
 import struct
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from heliosdb_cdc import WebhookRegistration, WebhookServer
+from tests.plugins import in_ci
 from tests.plugins.postgres import PgDatabase
 from tests.plugins.prometheus import fetch_json, fetch_text, monitoring_config, wait_until
 from tests.plugins.receiver import Receiver
@@ -42,7 +42,7 @@ def _chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    if os.environ.get("CI"):
+    if in_ci():
         pytest.fail("chromium is not installed (scripts/install-system-deps.sh)")
     pytest.skip("chromium is not installed")
 

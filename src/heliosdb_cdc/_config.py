@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -297,6 +298,16 @@ class Config(_Model):
     logging: LoggingConfig = LoggingConfig()
     # the guide's top-level ``circuit_breaker:`` block, the same as webhook.circuit_breaker
     circuit_breaker: CircuitBreakerConfig | None = None
+
+    @field_validator("streams", "webhooks")
+    @classmethod
+    def _names(cls, v: list[Any], info: ValidationInfo) -> list[Any]:
+        from ._names import name_problem  # the one naming rule (docs/api.md, "Names")
+
+        for i, item in enumerate(v):
+            if item.name is not None and (problem := name_problem(item.name)):
+                raise ValueError(f"{info.field_name}[{i}].name: {problem}")
+        return v
 
     @model_validator(mode="after")
     def _apply_delivery(self) -> Config:

@@ -43,6 +43,12 @@ class SourceError(CdcError):
     """The PostgreSQL source cannot be read (connection, wal_level, slot...)."""
 
 
+class SourceFatalError(SourceError):
+    """The source refuses us for a reason retrying cannot fix (credentials, privileges,
+    ``wal_level``, a lost replication slot); the message ends with the one-line fix.
+    ``heliosdb-cdc run`` exits with status 2 on it."""
+
+
 class DecodeError(SourceError):
     """A pgoutput message could not be decoded."""
 
@@ -73,3 +79,8 @@ class StreamExists(SqlError):
 
 class FilterError(CdcError):
     """A filter, predicate or transformation is invalid or failed."""
+
+
+class InvalidName(ConfigError, ValueError):
+    """A user-given name breaks the naming rule (docs/api.md, "Names"); the message
+    says what is wrong. A :class:`ValueError` too, so model validation reports it."""

@@ -92,6 +92,10 @@ class BatchHistogram(Collector):
                 child = self._children[key] = _BatchHistogramChild(self._bounds)
             return child
 
+    def remove(self, *values: str) -> None:
+        with self._lock:
+            self._children.pop(tuple(str(v) for v in values), None)
+
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
 
@@ -209,8 +213,43 @@ DEAD_LETTERS = Counter(
     ["stream", "endpoint"],
     registry=REGISTRY,
 )
+TABLE_CHANGES = Counter(
+    "heliosdb_cdc_table_changes",
+    "Captured tables found dropped, renamed or re-created (change = dropped|renamed|recreated)",
+    ["table", "change"],
+    registry=REGISTRY,
+)
+TABLE_MISSING = Gauge(
+    "heliosdb_cdc_table_missing",
+    "1 while a captured table is gone under its name (dropped or renamed): its changes are not captured",
+    ["table"],
+    registry=REGISTRY,
+)
 LOCAL_LOG_BYTES = Gauge(
     "heliosdb_cdc_local_log_bytes",
     "Bytes of the local log on disk",
     registry=REGISTRY,
 )
+
+
+def forget_stream(stream: str, endpoint: str) -> None:
+    """Remove a dropped stream's series: without this every stream ever created stays in
+    ``/metrics`` (and in memory) until the service restarts."""
+    label_sets: list[tuple[Counter | Gauge | BatchHistogram, tuple[str, ...]]] = [
+        (EVENTS_FILTERED, (stream,)),
+        (DELIVERY_DURATION, (stream, endpoint)),
+        (DELIVERY_TOTAL, (stream, endpoint, "success")),
+        (DELIVERY_TOTAL, (stream, endpoint, "failure")),
+        (RETRY_TOTAL, (stream, endpoint)),
+        (QUEUE_SIZE, (stream, "memory")),
+        (QUEUE_SIZE, (stream, "overflow")),
+        (END_TO_END, (stream,)),
+        (CHECKPOINT_TIME, (stream,)),
+        (STREAM_CURSOR, (stream,)),
+        (DEAD_LETTERS, (stream, endpoint)),
+    ]
+    for metric, values in label_sets:
+        try:
+            metric.remove(*values)
+        except KeyError:
+            pass

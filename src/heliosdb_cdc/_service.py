@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import SecretStr, ValidationError
 
 from ._config import (
@@ -28,23 +29,45 @@ from ._config import (
     WebhookRegistration,
     load_config,
 )
-from ._errors import CdcError, ConfigError, SourceError, SqlError, StreamExists, StreamNotFound
+from ._errors import (
+    CdcError,
+    ConfigError,
+    SourceError,
+    SourceFatalError,
+    SqlError,
+    StreamExists,
+    StreamNotFound,
+)
 from ._event import OperationType
-from ._metrics import SLOT_LAG_BYTES, SLOT_LAG_SECONDS, SLOT_RETAINED_BYTES
-from .delivery._circuit import CircuitBreakerRegistry, CircuitState
+from ._input import check_stream, pattern_warnings
+from ._metrics import (
+    SLOT_LAG_BYTES,
+    SLOT_LAG_SECONDS,
+    SLOT_RETAINED_BYTES,
+    TABLE_CHANGES,
+    TABLE_MISSING,
+    forget_stream,
+)
+from .delivery._circuit import CircuitBreakerRegistry
 from .delivery._locallog import LocalLog
 from .delivery._runner import StreamRunner, make_router
 from .postgres import format_lsn
 from .postgres._codec import codec_description
+from .postgres._publication import PublishedTables
 from .postgres._replication import Capture
 from .postgres._setup import (
+    alter_publication,
     check_server,
     connect,
+    emit_table_change,
     ensure_publication,
     ensure_slot,
+    relation_names,
     resolve_tables,
     slot_stats,
+    split_table,
     table_columns,
+    table_oids,
 )
 from .sinks._base import Sink
 from .sinks._webhook import WebhookSink
@@ -62,7 +85,7 @@ def stream_to_json(cfg: StreamConfig) -> dict[str, Any]:
 
 
 def registration_stream(reg: WebhookRegistration, index: int | None = None) -> StreamConfig:
-    name = reg.name or _registration_name(reg.url)
+    name = reg.name if reg.name is not None else _registration_name(reg.url)
     return StreamConfig(
         name=name,
         tables=reg.tables or ["*"],
@@ -76,7 +99,7 @@ def registration_stream(reg: WebhookRegistration, index: int | None = None) -> S
 def _registration_name(url: str) -> str:
     from urllib.parse import urlsplit
 
-    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")
+    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")[:100]
     return f"webhook_{host}_{hashlib.sha1(url.encode()).hexdigest()[:6]}"
 
 
@@ -125,7 +148,15 @@ class WebhookServer:
         self._http: Any = None
         self._table_columns: dict[str, list[dict[str, Any]]] = {}
         self.snapshots: dict[str, Any] = {}
+        self.table_warnings: dict[str, list[str]] = {}
+        self._published = PublishedTables()
         self._started = False
+        # an error retrying cannot fix, found while running (a dropped slot): ``run`` exits on it
+        self.fatal_error: SourceFatalError | None = None
+        self.failed = asyncio.Event()
+        self._resnapshot = False
+        # captured tables gone under their name (dropped, renamed) -> why; see _tables.py
+        self.table_problems: dict[str, str] = {}
 
     # -- lifecycle --------------------------------------------------------------
     async def __aenter__(self) -> WebhookServer:
@@ -139,7 +170,21 @@ class WebhookServer:
     def dsn(self) -> str:
         return self.config.source.dsn.get_secret_value()
 
-    async def start(self, serve_http: bool = True) -> None:
+    @property
+    def ready(self) -> bool:
+        """Started, and no error retrying cannot fix."""
+        return self._started and self.fatal_error is None
+
+    async def start(self, serve_http: bool = True, *, resnapshot: bool = False) -> None:
+        """Start; ``resnapshot`` re-reads every captured table once (the way on after a lost slot)."""
+        self._resnapshot = resnapshot
+        try:
+            await self._start(serve_http)
+        except BaseException:
+            await self.stop()  # the HTTP listener, the local log and the store are open
+            raise
+
+    async def _start(self, serve_http: bool) -> None:
         cfg = self.config
         if serve_http:
             from .server._security import check_http_security
@@ -160,9 +205,13 @@ class WebhookServer:
             pos.seq,
             format_lsn(pos.end_lsn),
         )
-        await self._prepare_source()
         await self._reconcile_config()
-        await self._sync_publication()
+        if serve_http:
+            from .server import start_http
+
+            # /health answers (503, with the reason) while the source is retried
+            self._http = await start_http(self)
+        await self._prepare_source()
         self.capture = Capture(
             dsn=self.dsn,
             slot=cfg.source.slot,
@@ -186,11 +235,10 @@ class WebhookServer:
             if snap and snap["state"] == "running":
                 log.info("resuming the %s of stream %s", snap["kind"], row["name"])
                 await self.start_snapshot(row["name"], snap["kind"], snap["where"])
+        if self._resnapshot:
+            await self._start_resnapshot()
+        await self._check_tables_logged()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        if serve_http:
-            from .server import start_http
-
-            self._http = await start_http(self)
         self._started = True
         log.info("heliosdb-cdc running: %d stream(s)", len(self.runners))
 
@@ -220,18 +268,21 @@ class WebhookServer:
 
     # -- source ------------------------------------------------------------------
     async def _prepare_source(self) -> None:
-        """Check the server and create the slot; retry with backoff while unreachable."""
+        """Check the server, the slot and the publication; retry with backoff while the
+        error is transient. Errors retrying cannot fix (:class:`SourceFatalError`) end it."""
         delay = 0.5
         last = None
         while True:
             try:
                 await asyncio.to_thread(self._prepare_source_sync)
+                await self._sync_publication()
                 self.source_error = None
                 return
+            except SourceFatalError as exc:
+                self.source_error = str(exc)
+                raise
             except SourceError as exc:
                 msg = str(exc)
-                if "wal_level" in msg or "plugin" in msg:
-                    raise
                 if msg != last:
                     log.error("%s; retrying with backoff", msg)
                     last = msg
@@ -243,31 +294,102 @@ class WebhookServer:
         conn = connect(self.dsn)
         try:
             check_server(conn)
-            ensure_slot(conn, self.config.source.slot)
+            self._check_slot(conn)
         finally:
             conn.close()
+
+    def _check_slot(self, conn: Any) -> None:
+        """Create the slot, unless this state directory read from it before: then a missing
+        slot means the changes committed since it went are lost, and we refuse to go on."""
+        assert self.store is not None and self.log is not None
+        slot = self.config.source.slot
+        key = f"slot:{slot}"
+        known = self.store.get_meta(key)
+        if known is None and self.log.durable.end_lsn > 0:
+            known = format_lsn(self.log.durable.end_lsn)  # a state directory from before the marker
+        if ensure_slot(conn, slot, create=known is None or self._resnapshot):
+            if known is not None:
+                log.warning(
+                    "replication slot %s was missing and is created again; the captured tables "
+                    "are re-read with a snapshot (--resnapshot)",
+                    slot,
+                )
+            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "created")
+        elif known is None:
+            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "existing")
+
+    async def _start_resnapshot(self) -> None:
+        """``run --resnapshot``: a snapshot of every stream's tables, alongside the live stream."""
+        assert self.store is not None
+        for row in self.store.list_streams():
+            if "*" in row["config"]["tables"]:
+                log.warning("stream %s captures every table ('*'): not re-read", row["name"])
+                continue
+            try:
+                await self.start_snapshot(row["name"], "snapshot", None)
+            except CdcError as exc:
+                log.error("re-reading stream %s: %s", row["name"], exc)
+                self.store.set_error(row["name"], f"--resnapshot: {exc}")
 
     def _tables_of(self, cfg: StreamConfig) -> list[str]:
+        """The stream's tables (a named table that does not exist is a SourceError); notes
+        a warning for each pattern that matches no table now (blocking)."""
         conn = connect(self.dsn)
         try:
-            return resolve_tables(conn, cfg.tables)
+            resolved = {name: resolve_tables(conn, [name]) for name in dict.fromkeys(cfg.tables)}
+        finally:
+            conn.close()
+        self.table_warnings[cfg.name] = pattern_warnings(cfg.tables, resolved)
+        return sorted({t for found in resolved.values() for t in found})
+
+    async def _sync_publication(self) -> None:
+        """At start: make the publication hold exactly the wanted tables (one pass over the
+        catalog); CREATE and DROP then change only their stream's share (:meth:`_publish`)."""
+        assert self.store is not None
+        rows = self.store.list_streams()
+        conn = await asyncio.to_thread(connect, self.dsn)
+        try:
+            cache: dict[str, list[str]] = {}
+            pinned = await asyncio.to_thread(_resolve_each, conn, self.config.source.tables, cache)
+            published = PublishedTables(pinned)
+            for row in rows:
+                names = row["config"]["tables"]
+                published.add(row["name"], await asyncio.to_thread(_resolve_each, conn, names, cache))
+            await asyncio.to_thread(
+                ensure_publication, conn, self.config.source.publication, sorted(published.wanted())
+            )
+            self._published = published
+            self.table_warnings = {  # patterns that match no table now (stream status)
+                row["name"]: pattern_warnings(row["config"]["tables"], cache) for row in rows
+            }
         finally:
             conn.close()
 
-    async def _sync_publication(self) -> None:
-        wanted: set[str] = set()
-        conn = await asyncio.to_thread(connect, self.dsn)
+    def _publish(self, stream: str, tables: list[str] | None) -> None:
+        """Add ``stream``'s tables to the publication (``tables`` None: forget the stream and
+        drop the tables no other stream needs). Touches only those tables (blocking)."""
+        if tables is None:
+            add, drop = [], self._published.remove(stream)
+            self.table_warnings.pop(stream, None)
+        else:
+            add, drop = self._published.add(stream, tables), []
+        if not add and not drop:
+            return
+        conn = connect(self.dsn)
         try:
-            assert self.store is not None
-            names = list(self.config.source.tables)
-            for row in self.store.list_streams():
-                names.extend(row["config"]["tables"])
-            for name in names:
-                try:
-                    wanted.update(await asyncio.to_thread(resolve_tables, conn, [name]))
-                except SourceError as exc:
-                    log.warning("%s: not captured", exc)
-            await asyncio.to_thread(ensure_publication, conn, self.config.source.publication, sorted(wanted))
+            alter_publication(conn, self.config.source.publication, add=add, drop=drop)
+        finally:
+            conn.close()
+
+    def _stream_tables(self, cfg: StreamConfig) -> list[str]:
+        """The stream's tables as ``schema.table``; a name that resolves to nothing is
+        logged and skipped, like at start (blocking)."""
+        conn = connect(self.dsn)
+        try:
+            cache: dict[str, list[str]] = {}
+            tables = _resolve_each(conn, cfg.tables, cache)
+            self.table_warnings[cfg.name] = pattern_warnings(cfg.tables, cache)
+            return tables
         finally:
             conn.close()
 
@@ -416,19 +538,125 @@ class WebhookServer:
         last_prune = 0.0
         while True:
             await asyncio.sleep(2.0)
+            fatal = self.capture.status.fatal if self.capture is not None else None
+            if fatal and self.fatal_error is None:
+                self.fail(SourceFatalError(fatal))
             try:
-                cursors = [r.cursor for r in self.runners.values()]
-                low = min(cursors) if cursors else self.log.durable.seq
-                await asyncio.to_thread(self.log.truncate_before, min(low, self.log.durable.seq))
+                await self.trim_log()
                 if time.time() - last_prune > 300:
                     eo = self.config.webhook.exactly_once
                     await asyncio.to_thread(self.store.prune_deliveries, eo.retention_secs or eo.window_secs)
                     last_prune = time.time()
                 await self._refresh_slot_stats()
+                await self._check_tables()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("housekeeping: %s", exc)
+
+    # -- captured tables dropped, renamed, re-created (followed by name) -------------------
+    def _followed_tables(self) -> list[str]:
+        """``schema.table`` of every table a stream names (patterns are not followed)."""
+        assert self.store is not None
+        names = list(self.config.source.tables)
+        for row in self.store.list_streams():
+            names.extend(row["config"]["tables"])
+        return sorted({".".join(split_table(n)) for n in names if not any(c in n for c in "*?[")})
+
+    async def _check_tables_logged(self) -> None:
+        try:
+            await self._check_tables()
+        except CdcError as exc:
+            log.warning("checking the captured tables: %s", exc)
+
+    async def _check_tables(self) -> None:
+        """Compare the captured tables' OIDs with the last check; report and repair."""
+        from ._tables import RECREATED, compare, problems
+
+        assert self.store is not None
+        names = self._followed_tables()
+        known: dict[str, dict[str, Any]] = orjson.loads(self.store.get_meta("tables") or "{}")
+
+        def read() -> tuple[dict[str, int | None], dict[int, str | None]]:
+            conn = connect(self.dsn)
+            try:
+                current = table_oids(conn, names)
+                lost = [
+                    k["oid"]
+                    for n, k in known.items()
+                    if k.get("oid") is not None and current.get(n) != k["oid"]
+                ]
+                return current, relation_names(conn, lost)
+            finally:
+                conn.close()
+
+        current, names_of = await asyncio.to_thread(read)
+        changes, now = compare(known, current, names_of)
+        for ch in changes:
+            log.warning("%s", ch.detail)
+            TABLE_CHANGES.labels(ch.name, ch.change).inc()
+            await asyncio.to_thread(self._emit_table_change, ch.message())
+        back = [ch for ch in changes if ch.change == RECREATED]
+        if back:
+            await self._sync_publication()  # before the backfill: its watermarks need the table
+            for ch in back:
+                await self._backfill_table(ch.table)
+        if changes or now != known:
+            self.store.set_meta("tables", orjson.dumps(now).decode())
+        self.table_problems = problems(now)
+        for name in names:
+            TABLE_MISSING.labels(name.removeprefix("public.")).set(
+                1 if name.removeprefix("public.") in self.table_problems else 0
+            )
+
+    def _emit_table_change(self, content: bytes) -> None:
+        conn = connect(self.dsn)
+        try:
+            emit_table_change(conn, content)
+        finally:
+            conn.close()
+
+    async def _backfill_table(self, table: str) -> None:
+        """Re-read a re-created table for every stream that names it."""
+        assert self.store is not None
+        for row in self.store.list_streams():
+            wanted = {".".join(split_table(t)) for t in row["config"]["tables"]}
+            if table not in wanted:
+                continue
+            try:
+                await self.start_snapshot(row["name"], "backfill", None, tables=[table])
+            except CdcError as exc:
+                msg = f"table {table} was re-created but could not be re-read: {exc}"
+                log.error("stream %s: %s", row["name"], msg)
+                self.store.set_error(row["name"], msg)
+
+    def _table_problem(self, cfg: dict[str, Any]) -> str | None:
+        for t in cfg["tables"]:
+            problem = self.table_problems.get(t.removeprefix("public."))
+            if problem:
+                return problem
+        return None
+
+    def fail(self, exc: SourceFatalError) -> None:
+        """Record an error retrying cannot fix; ``run`` stops the service and exits with 2."""
+        log.error("%s", exc)
+        self.fatal_error = exc
+        self.source_error = str(exc)
+        self.failed.set()
+
+    async def trim_log(self) -> int:
+        """Delete the log segments every stream is done with; return the bytes freed.
+
+        By the cursors persisted in the state database, made durable first: after a
+        crash or a power cut streams restart from those, not from their cursors in memory.
+        """
+        assert self.log is not None and self.store is not None
+        saved = [r.saved_cursor for r in self.runners.values()]
+        upto = min(min(saved, default=self.log.durable.seq), self.log.durable.seq)
+        if upto < self.log.trim_threshold:
+            return 0  # no whole segment to delete
+        await asyncio.to_thread(self.store.sync_to_disk)
+        return await asyncio.to_thread(self.log.truncate_before, upto)
 
     async def _refresh_slot_stats(self) -> None:
         def read() -> dict[str, Any]:
@@ -457,12 +685,14 @@ class WebhookServer:
     # -- stream management (SQL, REST, Python) -------------------------------------------
     async def create_stream(self, cfg: StreamConfig, origin: str = "sql") -> StreamConfig:
         assert self.store is not None
+        check_stream(cfg)  # name rule, destination address, options (all ways in share it)
         async with self._lock:
-            if cfg.name in self.runners or any(r["name"] == cfg.name for r in self.store.list_streams()):
+            if cfg.name in self.runners or self.store.has_stream(cfg.name):
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
+            tables: list[str] | None = None
             if "*" not in cfg.tables:
                 try:
-                    await asyncio.to_thread(self._tables_of, cfg)
+                    tables = await asyncio.to_thread(self._tables_of, cfg)
                 except SourceError as exc:
                     raise SqlError(str(exc.message), stream=cfg.name) from None
             # validate filters/transforms before anything is stored
@@ -474,12 +704,21 @@ class WebhookServer:
             assert self.log is not None
             self.store.checkpoint(cfg.name, self.log.last_seq)
             try:
-                await self._sync_publication()
+                if tables is None:
+                    tables = await asyncio.to_thread(self._stream_tables, cfg)
+                # only this stream's tables are looked at: no cost per existing stream
+                await asyncio.to_thread(self._publish, cfg.name, tables)
                 await self._start_runner(self.store.get_stream(cfg.name))
+            except (ValueError, TypeError) as exc:  # e.g. an option of the wrong type
+                self.store.drop_stream(cfg.name)
+                raise ConfigError(f"destination.options: {exc}", stream=cfg.name) from None
             except Exception:
                 self.store.drop_stream(cfg.name)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._publish, cfg.name, None)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
+        await self._check_tables_logged()  # note its tables' OIDs now: a drop right after is seen
         if cfg.snapshot == "initial":
             await self.start_snapshot(cfg.name, "snapshot", None)
         return cfg
@@ -499,8 +738,9 @@ class WebhookServer:
             runner = self.runners.pop(name, None)
             if runner is not None:
                 await runner.stop(drain_timeout=2.0)
+                forget_stream(name, runner.endpoint)
             self.store.drop_stream(name)
-            await self._sync_publication()
+            await asyncio.to_thread(self._publish, name, None)
         log.info("stream %s dropped", name)
 
     async def set_paused(self, name: str, paused: bool) -> None:
@@ -517,6 +757,8 @@ class WebhookServer:
             return "paused"
         if runner is None or row.get("failed"):
             return "failed"
+        if self._table_problem(row["config"]):
+            return "warning"  # a captured table is gone under its name: see last_error
         return "running"
 
     def list_stream_rows(self) -> list[dict[str, Any]]:
@@ -540,9 +782,19 @@ class WebhookServer:
             )
         return rows
 
-    def stream_status(self, name: str) -> dict[str, Any]:
+    def stream_status(
+        self,
+        name: str,
+        row: dict[str, Any] | None = None,
+        dead_letters: int | None = None,
+        snapshots: dict[str, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """``row`` (its catalog row), ``dead_letters`` (its count) and ``snapshots`` (the
+        stored snapshots of all streams) when the caller has them already: the overview of
+        every stream reads each once for all streams, not once per stream."""
         assert self.store is not None and self.log is not None
-        row = self.store.get_stream(name)
+        if row is None:
+            row = self.store.get_stream(name)
         runner = self.runners.get(name)
         cfg = row["config"]
         st = runner.stats if runner else None
@@ -554,7 +806,7 @@ class WebhookServer:
             if first:
                 lag_seconds = max(0.0, time.time() - first[0].ts_us / 1e6)
         endpoint = runner.endpoint if runner else cfg["destination"]["address"]
-        breaker = self.circuit_breaker.states().get(endpoint, CircuitState.CLOSED)
+        breaker = self.circuit_breaker.state_of(endpoint)
         return {
             "name": name,
             "state": self.stream_state(name, row),
@@ -572,21 +824,25 @@ class WebhookServer:
             "events_delivered": st.delivered if st else 0,
             "events_failed": st.failed if st else 0,
             "events_retried": st.retried if st else 0,
-            "dead_letters": self.store.count_dead_letters(name),
+            "dead_letters": self.store.count_dead_letters(name) if dead_letters is None else dead_letters,
             "queue_memory": runner.queue_memory if runner else 0,
             "queue_overflow": runner.queue_overflow if runner else 0,
             "throughput_per_sec": round(st.rate(), 1) if st else 0.0,
             "p99_latency_ms": st.p99_ms() if st else None,
             "circuit_breaker": f"{endpoint}={breaker.name}",
-            "last_error": (st.last_error if st else None) or row["last_error"],
+            "last_error": self._table_problem(cfg) or (st.last_error if st else None) or row["last_error"],
             "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
             "capture_paused": cap.paused_reason if cap else None,
-            "snapshot": _snapshot_summary(self.snapshot_status(name)),
+            "snapshot": _snapshot_summary(self.snapshot_status(name, snapshots)),
+            "warnings": "; ".join(self.table_warnings.get(name, [])) or None,
         }
 
     # -- snapshots and backfills ------------------------------------------------------------
-    async def start_snapshot(self, name: str, kind: str = "backfill", where: str | None = None) -> None:
-        """Send the current rows of the stream's tables (all, or those matching ``where``)."""
+    async def start_snapshot(
+        self, name: str, kind: str = "backfill", where: str | None = None, tables: list[str] | None = None
+    ) -> None:
+        """Send the current rows of the stream's tables (all, or those matching ``where``;
+        ``tables``: only those)."""
         from .delivery._snapshot import Snapshotter
 
         assert self.store is not None
@@ -615,7 +871,8 @@ class WebhookServer:
                 predicate = compile_predicate(where)
             except CdcError as exc:
                 raise SqlError(f"invalid backfill predicate: {exc}", stream=name) from None
-        tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
+        if tables is None:
+            tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
         if not tables:
             raise SqlError(f"stream {name!r} has no tables to read", stream=name)
         runner.database = self.config.database
@@ -644,11 +901,15 @@ class WebhookServer:
         await snap.cancel()
         log.info("%s of stream %s cancelled", snap.kind, name)
 
-    def snapshot_status(self, name: str) -> dict[str, Any] | None:
+    def snapshot_status(
+        self, name: str, stored: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         snap = self.snapshots.get(name)
         if snap is not None:
             status: dict[str, Any] = snap.status
             return status
+        if stored is not None:
+            return stored.get(name)
         assert self.store is not None
         return self.store.get_snapshot(name)
 
@@ -661,6 +922,9 @@ class WebhookServer:
 
     async def unregister(self, url_or_name: str) -> None:
         assert self.store is not None
+        if self.store.has_stream(url_or_name):
+            await self.drop_stream(url_or_name)
+            return
         for row in self.store.list_streams():
             dest = row["config"]["destination"]
             if row["name"] == url_or_name or (dest["type"] == "webhook" and dest["address"] == url_or_name):
@@ -739,6 +1003,23 @@ class WebhookServer:
         if done:
             self.store.delete_dead_letters(done)
         return len(done)
+
+
+def _resolve_each(conn: Any, names: list[str], cache: dict[str, list[str]]) -> list[str]:
+    """Resolve each table name (``cache``: name -> tables, shared across streams); a name
+    that fails is logged as not captured and skipped."""
+    out: set[str] = set()
+    for name in names:
+        found = cache.get(name)
+        if found is None:
+            try:
+                found = resolve_tables(conn, [name])
+            except SourceError as exc:
+                log.warning("%s: not captured", exc)
+                found = []
+            cache[name] = found
+        out.update(found)
+    return sorted(out)
 
 
 def _snapshot_summary(snap: dict[str, Any] | None) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -32,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the service")
     run.add_argument("-c", "--config", default="heliosdb-cdc.yaml", help="YAML configuration file")
+    run.add_argument(
+        "--resnapshot",
+        action="store_true",
+        help="re-read every captured table with a snapshot (after a lost replication slot)",
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("-c", "--config", default="heliosdb-cdc.yaml")
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _run(args.config)
+            return _run(args.config, args.resnapshot)
         if args.command == "check-config":
             from ._config import load_config
             from ._preflight import preflight
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _run(path: str) -> int:
+def _run(path: str, resnapshot: bool = False) -> int:
     from ._config import load_config
     from ._logging import setup_logging
     from ._preflight import preflight
@@ -106,20 +112,41 @@ def _run(path: str) -> int:
     preflight(cfg)  # the same checks as check-config, before any connection
     setup_logging(cfg.logging.level, cfg.logging.json_logs)
 
-    async def main() -> None:
+    async def main() -> int:
         server = WebhookServer(cfg)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await server.start()
+        # SIGTERM / Ctrl-C stop the service in every state, starting (source retried) included
+        starting = asyncio.create_task(server.start(resnapshot=resnapshot))
+        if not await _first(starting, stop):
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 0
+        starting.result()  # an error retrying cannot fix: exit 2 with its fix
+        failed = asyncio.create_task(server.failed.wait())
         try:
-            await stop.wait()
+            await _first(failed, stop)
         finally:
+            failed.cancel()
             await server.stop()
+        if server.fatal_error is not None:
+            raise server.fatal_error
+        return 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
+
+
+async def _first(task: asyncio.Task[Any], stop: asyncio.Event) -> bool:
+    """Wait for ``task`` or ``stop``; True when the task finished first."""
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return task.done()
 
 
 async def _request(args: Any, method: str, path: str, **kw: Any) -> Any:
@@ -143,8 +170,13 @@ async def _sql(args: Any) -> int:
     from .sql import render_table, repl, run_remote
 
     if args.file:
-        with open(args.file) as f:
-            text = f.read()
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise CdcError(f"cannot read {args.file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise CdcError(f"{args.file} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     elif args.statement:
         text = args.statement
     else:

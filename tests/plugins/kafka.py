@@ -25,17 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugins import in_ci
+
 ROOT = Path(__file__).resolve().parents[2]
 JARS_SCRIPT = ROOT / "scripts" / "kafka-jars.sh"
 START_TIMEOUT_S = float(os.environ.get("HELIOSDB_CDC_KAFKA_START_TIMEOUT", "180"))
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _unavailable(reason: str) -> None:
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"Kafka broker unavailable in CI: {reason}", pytrace=False)
     pytest.skip(f"Kafka broker unavailable: {reason}")
 

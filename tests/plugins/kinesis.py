@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugins import in_ci
+
 _FAKE_CREDS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -31,12 +33,8 @@ _FAKE_CREDS = {
 }
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _unavailable(reason: str) -> None:
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"moto server unavailable in CI: {reason}", pytrace=False)
     pytest.skip(f"moto server unavailable: {reason}")
 

@@ -13,7 +13,6 @@ Storage is a temporary directory; the process is stopped when the test ends.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import yaml
 
 from heliosdb_cdc import Config
 from heliosdb_cdc._embedded import free_port
+from tests.plugins import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS_FILE = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -176,7 +176,7 @@ class PrometheusLauncher:
         """Run Prometheus scraping ``http://target/metrics``; wait until it is ready."""
         binary = shutil.which("prometheus")
         if binary is None:
-            if os.environ.get("CI"):
+            if in_ci():
                 pytest.fail("the prometheus binary is not installed (scripts/install-system-deps.sh)")
             pytest.skip("the prometheus binary is not installed")
         work = self.tmp / f"prometheus{len(self.servers)}"

@@ -144,5 +144,10 @@ class CircuitBreakerRegistry:
         b.retry_in()  # move Open -> Half-Open when its time is up
         return b.state
 
+    def state_of(self, endpoint: str) -> CircuitState:
+        """One endpoint's state (CLOSED when it has no breaker yet), without listing all."""
+        b = self._breakers.get(endpoint)
+        return b.state if b is not None else CircuitState.CLOSED
+
     def states(self) -> dict[str, CircuitState]:
         return {k: b.state for k, b in self._breakers.items()}

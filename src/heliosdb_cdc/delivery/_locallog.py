@@ -16,6 +16,12 @@ last commit marker (a torn write or an unfinished transaction) is cut off.
 
 Writes happen on the capture thread; reads on the event loop. A bounded tail
 of recent records stays in memory, older ones are read back from disk.
+
+Durability: :attr:`LocalLog.durable` only moves after an ``fsync`` of the data it
+covers. A new segment is written to a temporary name, fsynced, renamed into place
+and the directory fsynced, so every segment file that exists after a power cut has
+a whole header. Every file operation goes through a :class:`FileSystem`, so tests
+can stand a simulated disk in for the real one and cut the power at any step.
 """
 
 from __future__ import annotations
@@ -71,6 +77,43 @@ def _parse_payload(payload: bytes) -> tuple[int, int, int, int, str, bytes, byte
     return seq, lsn, ts, kind, table, key, body, index
 
 
+class FileSystem:
+    """The log's file operations: the real ones. Tests substitute a simulated disk."""
+
+    def open(self, path: Path, mode: str) -> IO[bytes]:
+        f: IO[bytes] = open(path, mode)  # the caller closes it
+        return f
+
+    def fsync(self, f: IO[bytes]) -> None:
+        os.fsync(f.fileno())
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        path.unlink()
+
+    def size(self, path: Path) -> int:
+        return path.stat().st_size
+
+    def listdir(self, path: Path) -> list[str]:
+        return os.listdir(path)
+
+    def mkdir(self, path: Path) -> bool:
+        """Create the directory if needed; return whether it was created."""
+        if path.is_dir():
+            return False
+        path.mkdir(parents=True, exist_ok=True)
+        return True
+
+
 def _iter_frames(f: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
     """Read every valid frame; return (offset, payload) pairs and the end of valid data."""
     out = []
@@ -97,8 +140,10 @@ class LocalLog:
         segment_bytes: int = 64 * 1024 * 1024,
         memory_events: int = 50_000,
         sync: bool = True,
+        fs: FileSystem | None = None,
     ) -> None:
         self.dir = Path(directory)
+        self.fs = fs or FileSystem()
         self.segment_bytes = segment_bytes
         self.memory_events = memory_events
         self.sync = sync
@@ -112,21 +157,31 @@ class LocalLog:
         self.durable = Position(0, 0, 0)
         self._written = Position(0, 0, 0)
         self._bytes_on_disk = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._disk_cache: dict[int, tuple[int, int]] = {}  # next seq -> (segment, offset)
 
     # -- recovery ------------------------------------------------------------
     def open(self) -> Position:
         """Open (creating if needed) and recover; return the durable end position."""
+        fs = self.fs
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._segments = sorted(int(p.stem) for p in self.dir.glob("*.log") if p.stem.isdigit())
-            self._bytes_on_disk = sum(p.stat().st_size for p in self.dir.glob("*.log"))
+            if fs.mkdir(self.dir) and self.sync:
+                fs.fsync_dir(self.dir.parent)  # the new directory's entry, too
+            names = fs.listdir(self.dir)
+            for name in names:
+                if name.endswith(".log.tmp"):  # a roll cut short: that segment never existed
+                    fs.unlink(self.dir / name)
+            self._segments = sorted(int(n[:-4]) for n in names if n.endswith(".log") and n[:-4].isdigit())
+            self._bytes_on_disk = sum(fs.size(self._path(first)) for first in self._segments)
+            first = self._segments[0] if self._segments else 1
+            while self._segments and not self._recover_last():
+                first = self._segments[0] if self._segments else first
             if not self._segments:
-                self._new_segment(1, Position(0, 0, 0))
-            else:
-                self._recover_last()
+                # (a lone segment without a header keeps its sequence numbers going)
+                self.durable = self._written = Position(first - 1, 0, 0)
+                self._next_seq = first
+                self._new_segment(first, self.durable)
         except OSError as exc:
             raise StateError(f"cannot open the local log: {exc.strerror}", path=str(self.dir)) from exc
         return self.durable
@@ -134,11 +189,23 @@ class LocalLog:
     def _path(self, first: int) -> Path:
         return self.dir / f"{first:020d}.log"
 
-    def _recover_last(self) -> None:
+    def _recover_last(self) -> bool:
+        """Recover from the last segment; False (and the segment dropped) if it has no header."""
+        fs = self.fs
         first = self._segments[-1]
         path = self._path(first)
-        with open(path, "rb") as f:
+        with fs.open(path, "rb") as f:
             frames, _ = _iter_frames(f)
+        size = fs.size(path)
+        if not frames or _parse_payload(frames[0][1])[3] != KIND_SEGMENT:
+            # never complete (a segment is renamed into place only once its header is
+            # durable): what it would have held is in the previous one or still in PostgreSQL
+            log.warning("local log: dropping %s, a segment without a valid header", path.name)
+            fs.unlink(path)
+            self._fsync_dir()
+            self._segments.pop()
+            self._bytes_on_disk -= size
+            return False
         pos = Position(first - 1, 0, 0)
         cut = 0
         for offset, payload in frames:
@@ -146,7 +213,6 @@ class LocalLog:
             if kind in (KIND_SEGMENT, KIND_COMMIT):
                 pos = Position(seq, _U64.unpack(key)[0], lsn)
                 cut = offset + 8 + len(payload)
-        size = path.stat().st_size
         if cut < size:
             log.warning(
                 "local log: dropping %d bytes after the last complete transaction in %s "
@@ -154,36 +220,44 @@ class LocalLog:
                 size - cut,
                 path.name,
             )
-        self._file = open(path, "r+b")
+        self._file = fs.open(path, "r+b")
         self._file.truncate(cut)
         self._file.seek(cut)
-        os.fsync(self._file.fileno())
+        if self.sync:
+            fs.fsync(self._file)
         self._bytes_on_disk -= size - cut
         self._file_size = cut
         self._commit_offset = cut
         self._next_seq = pos.seq + 1
         self.durable = self._written = pos
+        return True
 
     def _new_segment(self, first_seq: int, prev: Position) -> None:
-        if self._file is not None:
-            self._file.flush()
-            if self.sync:
-                os.fsync(self._file.fileno())
+        fs = self.fs
+        if self._file is not None:  # (a roll: append synced it already)
             self._file.close()
+            self._file = None
         path = self._path(first_seq)
-        # fix: a roll with no event since the last one (empty transactions) reuses the
-        # same first seq and rewrites this file: do not count its old bytes twice
-        if path.exists():
-            self._bytes_on_disk -= path.stat().st_size
-        self._file = open(path, "wb")
+        tmp = path.with_name(path.name + ".tmp")
+        # a roll with no event since the last one (empty transactions) reuses the same
+        # first seq and replaces that file: do not count its old bytes twice
+        if first_seq in self._segments:
+            self._bytes_on_disk -= fs.size(path)
         frame = _frame(prev.seq, prev.end_lsn, 0, KIND_SEGMENT, b"", _U64.pack(prev.commit_lsn), b"")
-        self._file.write(frame)
-        # fix: the header (the recovery position of this segment) must reach the file
-        # before anything relies on it; left in Python's buffer, a kill right after a
-        # roll recovered an empty segment with commit/end LSN 0.
-        self._file.flush()
-        if self.sync:
-            os.fsync(self._file.fileno())
+        # the header (the recovery position of this segment) is durable before the
+        # segment exists under its name: a power cut leaves the old segment as the last
+        # one, or this one whole, never an empty or torn last segment
+        f = fs.open(tmp, "wb")
+        try:
+            f.write(frame)
+            f.flush()
+            if self.sync:
+                fs.fsync(f)
+            fs.rename(tmp, path)
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
         self._file_size = len(frame)
         self._commit_offset = len(frame)
         self._bytes_on_disk += len(frame)
@@ -192,13 +266,8 @@ class LocalLog:
         self._fsync_dir()
 
     def _fsync_dir(self) -> None:
-        if not self.sync:
-            return
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.sync:
+            self.fs.fsync_dir(self.dir)
 
     # -- writer (capture thread) --------------------------------------------
     @property
@@ -291,7 +360,7 @@ class LocalLog:
         try:
             self._file.flush()
             if self.sync:
-                os.fsync(self._file.fileno())
+                self.fs.fsync(self._file)
         except OSError as exc:
             raise StateError(f"cannot sync the local log: {exc.strerror}", path=str(self.dir)) from exc
         self.durable = self._written
@@ -331,7 +400,7 @@ class LocalLog:
             loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters = self._waiters, set()
         for w in waiters:
             if not w.done():
                 w.set_result(None)
@@ -341,18 +410,24 @@ class LocalLog:
         return self._next_seq - 1
 
     async def wait_beyond(self, seq: int, timeout: float | None = None) -> None:
-        """Return once a record after ``seq`` exists (or after ``timeout``)."""
+        """Return once a record after ``seq`` exists (or after ``timeout``).
+
+        A waiter costs nothing until the next append wakes it; one that times out or is
+        cancelled leaves nothing behind (idle streams wait here without a timeout).
+        """
         if self.last_seq > seq:
             return
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(fut)
-        if self.last_seq > seq:  # appended between the check and the registration
-            return
+        self._waiters.add(fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            if self.last_seq > seq:  # appended between the check and the registration
+                return
+            await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             pass
+        finally:
+            self._waiters.discard(fut)
 
     def read_memory(self, from_seq: int, max_n: int) -> list[Record] | None:
         """Records from ``from_seq`` if the in-memory tail has them, else None."""
@@ -382,7 +457,7 @@ class LocalLog:
         ahead = False  # met a record the writer has not published yet
         while len(out) < max_n and not ahead:
             try:
-                with open(self._path(seg), "rb") as f:
+                with self.fs.open(self._path(seg), "rb") as f:
                     f.seek(offset)
                     data = f.read(chunk)
             except FileNotFoundError:
@@ -428,6 +503,12 @@ class LocalLog:
             return mem
         return await asyncio.to_thread(self.read_disk, from_seq, max_n)
 
+    @property
+    def trim_threshold(self) -> int:
+        """The lowest ``seq`` for which :meth:`truncate_before` deletes a segment."""
+        segs = self._segments
+        return segs[1] - 1 if len(segs) > 1 else self._next_seq
+
     def truncate_before(self, seq: int) -> int:
         """Delete whole segments holding only records <= ``seq``; return bytes freed."""
         freed = 0
@@ -435,8 +516,8 @@ class LocalLog:
             first = self._segments.pop(0)
             path = self._path(first)
             try:
-                size = path.stat().st_size
-                path.unlink()
+                size = self.fs.size(path)
+                self.fs.unlink(path)
             except FileNotFoundError:
                 size = 0
             freed += size

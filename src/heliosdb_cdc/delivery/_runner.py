@@ -9,6 +9,11 @@ The cursor is the last sequence below which every event is finished (delivered,
 filtered or dead-lettered); it is checkpointed with the batch of delivery
 records in one SQLite transaction every ``checkpoint_interval`` events or
 ``poll_interval_ms``.
+
+An idle stream costs nothing: the reader sleeps until the local log is appended
+to, the checkpointer until the cursor moves or a delivery is recorded, and the
+queue gauges are computed when scraped. No task wakes on a timer while nothing
+happens, so a thousand idle streams use no CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import logging
 import random
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +47,7 @@ from .._metrics import (
     STREAM_CURSOR,
 )
 from ..sinks._base import OutboundEvent, Outcome, Sink, SinkResult
-from ..store import Store
+from ..store import Store, sink_mark_key
 from ._circuit import CircuitBreaker
 from ._locallog import OP_CODES, OP_WATERMARK, LocalLog, Record
 from ._snapshot import Chunk
@@ -75,6 +81,10 @@ class _Lane:
             self.ready.set()
 
 
+RATE_WINDOW_SECS = 6.0
+RATE_SAMPLE_SECS = 0.05
+
+
 @dataclass
 class StreamStats:
     processed: int = 0
@@ -95,12 +105,24 @@ class StreamStats:
         data = sorted(self.latencies)
         return round(data[min(len(data) - 1, int(len(data) * 0.99))] * 1000, 2)
 
-    def rate(self) -> float:
+    def count_delivered(self, n: int, now: float) -> None:
+        """Add ``n`` deliveries at monotonic time ``now``. A sample (time, count before)
+        is kept at most every ``RATE_SAMPLE_SECS`` while deliveries happen, none while
+        the stream is idle."""
         w = self.delivered_window
-        if len(w) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = w[0], w[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        if not w or now - w[-1][0] >= RATE_SAMPLE_SECS:
+            w.append((now, self.delivered))
+        self.delivered += n
+
+    def rate(self, window: float = RATE_WINDOW_SECS) -> float:
+        """Deliveries per second over the last ``window`` seconds (0 once they stop)."""
+        start = time.monotonic() - window
+        base = self.delivered
+        for t, n in reversed(self.delivered_window):
+            if t < start:
+                break
+            base = n  # the count before the earliest sample inside the window
+        return (self.delivered - base) / window
 
 
 class StreamRunner:
@@ -152,7 +174,7 @@ class StreamRunner:
         self._done: set[int] = set()
         self._delivered_buf: list[tuple[str, str, int, float]] = []
         self._skip_ids: set[str] = set()
-        self._lanes: list[_Lane] = []
+        self._lanes: list[_Lane | None] = []  # a lane and its task start with its first event
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._resume = asyncio.Event()
@@ -160,7 +182,8 @@ class StreamRunner:
         self._space = asyncio.Event()
         self._space.set()
         self._since_checkpoint = 0
-        self._checkpoint_due = asyncio.Event()
+        self._checkpoint_due = asyncio.Event()  # checkpoint_interval events finished
+        self._dirty = asyncio.Event()  # the cursor moved or a delivery awaits its record
         # snapshot watermarks: keys changed inside open windows, chunks waiting for
         # their high watermark, and high-watermark sequences with events in flight
         self._windows: dict[str, set[tuple[str, bytes]]] = {}
@@ -175,6 +198,10 @@ class StreamRunner:
         self._m_e2e = END_TO_END.labels(name)
         # exported at 0 from the start, so increase()/rate() see the first dead letters too
         self._m_dead = DEAD_LETTERS.labels(name, endpoint)
+        # queue gauges are read when scraped, not set on a timer (idle streams cost nothing)
+        ref = weakref.ref(self)
+        QUEUE_SIZE.labels(name, "memory").set_function(lambda: _gauge(ref, "queue_memory"))
+        QUEUE_SIZE.labels(name, "overflow").set_function(lambda: _gauge(ref, "queue_overflow"))
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self, cursor: int) -> None:
@@ -182,9 +209,8 @@ class StreamRunner:
         an unreachable broker never blocks CREATE or the service's start."""
         self.cursor = self._saved_cursor = self._last_read = cursor
         self._stop.clear()
-        self._lanes = [_Lane() for _ in range(max(1, self.sink.lanes))]
-        self._tasks = [asyncio.create_task(self._lane(q), name=f"{self.name}-lane") for q in self._lanes]
-        self._tasks.append(asyncio.create_task(self._reader(), name=f"{self.name}-reader"))
+        self._lanes = [None] * max(1, self.sink.lanes)
+        self._tasks = [asyncio.create_task(self._reader(), name=f"{self.name}-reader")]
         self._tasks.append(asyncio.create_task(self._checkpointer(), name=f"{self.name}-ckpt"))
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
@@ -232,6 +258,15 @@ class StreamRunner:
                             seq,
                         )
                         self.cursor = self._saved_cursor = self._last_read = seq
+                recover = getattr(self.sink, "recover", None)
+                if recover is not None:  # Kinesis: find what the last run put after its checkpoint
+                    key = sink_mark_key(self.name)
+                    await recover(await asyncio.to_thread(self.store.get_meta, key), self.log.last_seq)
+                    # a mark from the start on: a crash in the first send finds its records too
+                    mark = self.sink.resume_mark(self.cursor)  # type: ignore[attr-defined]
+                    if mark is not None:
+                        meta = {key: mark}
+                        await asyncio.to_thread(self.store.checkpoint, self.name, self.cursor, (), meta)
                 if self.record_deliveries:
                     self._skip_ids = await asyncio.to_thread(
                         self.store.delivered_after, self.endpoint, self.cursor
@@ -266,7 +301,7 @@ class StreamRunner:
                 continue
             recs = await self.log.read(pos, self.read_batch)
             if not recs:
-                await self.log.wait_beyond(pos - 1, timeout=0.5)
+                await self.log.wait_beyond(pos - 1)  # sleeps until capture appends
                 continue
             filtered = 0
             for rec in recs:
@@ -290,7 +325,8 @@ class StreamRunner:
                     continue
                 self._pending.append(rec.seq)
                 assert isinstance(ev, OutboundEvent)
-                lanes[hash((rec.table, rec.key)) % n_lanes].put(ev)
+                i = hash((rec.table, rec.key)) % n_lanes
+                (lanes[i] or self._lane_at(i)).put(ev)
             if filtered:
                 self.stats.filtered += filtered
                 self._m_filtered.inc(filtered)
@@ -335,7 +371,7 @@ class StreamRunner:
         self._pending.append(rec.seq)
         n_lanes = len(self._lanes)
         for ev in events:
-            self._lanes[hash((ev.table, ev.key)) % n_lanes].put(ev)
+            self._lane_at(hash((ev.table, ev.key)) % n_lanes).put(ev)
 
     def _read_event(
         self, rec: Record, table: str, key: bytes, row: dict[str, Any], i: int
@@ -438,8 +474,19 @@ class StreamRunner:
         self.cursor = pending[0] - 1 if pending else self._last_read
         if len(pending) < self.max_inflight:
             self._space.set()
+        if (self.cursor > self._saved_cursor or self._delivered_buf) and not self._dirty.is_set():
+            self._dirty.set()
 
     # -- lanes ---------------------------------------------------------------------
+    def _lane_at(self, i: int) -> _Lane:
+        """Lane ``i``, started on first use: a stream with 100 lanes and a few busy keys
+        keeps a few tasks, not 100."""
+        lane = self._lanes[i]
+        if lane is None:
+            lane = self._lanes[i] = _Lane()
+            self._tasks.append(asyncio.create_task(self._lane(lane), name=f"{self.name}-lane"))
+        return lane
+
     async def _lane(self, lane: _Lane) -> None:
         max_batch = max(1, self.sink.max_batch)
         items = lane.items
@@ -517,7 +564,7 @@ class StreamRunner:
                 self._m_e2e.observe_many(lats)
             if n_ok:
                 self._m_success.inc(n_ok)
-                self.stats.delivered += n_ok
+                self.stats.count_delivered(n_ok, time.monotonic())
                 self.stats.last_delivery_at = now
             n_fail = len(todo) - n_ok
             if n_fail:
@@ -571,14 +618,14 @@ class StreamRunner:
     # -- checkpoints ------------------------------------------------------------------
     async def _checkpointer(self) -> None:
         while True:
-            # every poll interval, or sooner once checkpoint_interval events are finished
+            # idle until there is something to save, then at most every poll interval
+            # (sooner once checkpoint_interval events are finished)
+            await self._dirty.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._checkpoint_due.wait(), self.poll_interval)
+            self._dirty.clear()
             self._checkpoint_due.clear()
             self._since_checkpoint = 0
-            self.stats.delivered_window.append((time.monotonic(), self.stats.delivered))
-            QUEUE_SIZE.labels(self.name, "memory").set(len(self._pending))
-            QUEUE_SIZE.labels(self.name, "overflow").set(max(0, self.log.last_seq - self._last_read))
             try:
                 await self._checkpoint()
             except Exception as exc:
@@ -589,12 +636,22 @@ class StreamRunner:
         if cursor <= self._saved_cursor and not self._delivered_buf:
             return
         buf, self._delivered_buf = self._delivered_buf, []
-        await asyncio.to_thread(self.store.checkpoint, self.name, max(cursor, self._saved_cursor), buf)
+        cursor = max(cursor, self._saved_cursor)
+        # read with the cursor, before any await: the sink's mark matches this cursor
+        mark_for = getattr(self.sink, "resume_mark", None)
+        mark = mark_for(cursor) if mark_for is not None else None
+        meta = {sink_mark_key(self.name): mark} if mark is not None else None
+        await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
         self._saved_cursor = max(cursor, self._saved_cursor)
         STREAM_CURSOR.labels(self.name).set(self._saved_cursor)
         CHECKPOINT_TIME.labels(self.name).set(time.time())
 
     # -- status ----------------------------------------------------------------------
+    @property
+    def saved_cursor(self) -> int:
+        """The cursor as committed to the state database (where a restart resumes)."""
+        return self._saved_cursor
+
     @property
     def queue_memory(self) -> int:
         return len(self._pending)
@@ -602,6 +659,11 @@ class StreamRunner:
     @property
     def queue_overflow(self) -> int:
         return max(0, self.log.last_seq - self._last_read)
+
+
+def _gauge(ref: weakref.ReferenceType[StreamRunner], attr: str) -> float:
+    runner = ref()
+    return float(getattr(runner, attr)) if runner is not None else 0.0
 
 
 def make_router(tables: set[str] | None, operations: set[str] | None) -> Callable[[str, int], bool]:

@@ -62,6 +62,9 @@ class TxnEnd:
 
 
 WATERMARK_PREFIX = "heliosdb-cdc.watermark"
+# a captured table was dropped, renamed or re-created (the service's catalog check writes
+# it into the WAL, so its SCHEMA_CHANGE event takes its place among the changes)
+TABLE_CHANGE_PREFIX = "heliosdb-cdc.table"
 
 
 @dataclass(slots=True, frozen=True)
@@ -232,6 +235,13 @@ class ChangeDecoder:
             self._index += 1
             ts_us = int(self._ts.timestamp() * 1_000_000)
             return [Watermark(seq, self._commit_lsn, self._index, msg.content, ts_us)]
+        if (
+            isinstance(msg, LogicalMessage)
+            and msg.prefix == TABLE_CHANGE_PREFIX
+            and self._ts is not None
+            and not self._skipping
+        ):
+            return [self._table_change(msg.content)]
         return []  # Origin, Type, other logical messages: nothing to emit
 
     def _begin(self, xid: int, final_lsn: int, ts_us: int) -> None:
@@ -317,6 +327,16 @@ class ChangeDecoder:
             ],
         }
         return self._make(info, OperationType.SCHEMA_CHANGE, {}, value, {"columns": old})
+
+    def _table_change(self, content: bytes) -> CdcEvent:
+        """SCHEMA_CHANGE of a table dropped, renamed or re-created: ``value`` has
+        ``table_change`` and a ``detail`` for people (and ``renamed_to``)."""
+        try:
+            value = orjson.loads(content)
+            table = str(value.pop("table"))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise DecodeError(f"invalid {TABLE_CHANGE_PREFIX} message: {exc}") from None
+        return self._new_event(table, OperationType.SCHEMA_CHANGE, {}, value, None)
 
     def _insert_record(self, buf: bytes) -> Record:
         """INSERT, the most common message, from its bytes to the stored JSON in one pass."""
@@ -410,6 +430,16 @@ class ChangeDecoder:
         value: dict[str, Any] | None,
         old: dict[str, Any] | None,
     ) -> CdcEvent:
+        return self._new_event(info.table, op, key, value, old)
+
+    def _new_event(
+        self,
+        table: str,
+        op: OperationType,
+        key: dict[str, Any],
+        value: dict[str, Any] | None,
+        old: dict[str, Any] | None,
+    ) -> CdcEvent:
         self._index += 1
         seq = self.next_sequence
         self.next_sequence = seq + 1
@@ -420,7 +450,7 @@ class ChangeDecoder:
             sequence=seq,
             operation=op,
             database=self.database,
-            table=info.table,
+            table=table,
             key=key,
             value=value,
             old_value=old,

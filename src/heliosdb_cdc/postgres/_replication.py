@@ -47,6 +47,8 @@ class CaptureStatus:
     last_error: str | None = None
     last_error_at: float | None = None
     paused_reason: str | None = None
+    # an error retrying cannot fix (the slot is gone): capture stopped, the service must too
+    fatal: str | None = None
     received_lsn: int = 0
     confirmed_lsn: int = 0
     last_commit_ts_us: int = 0
@@ -117,12 +119,20 @@ class Capture:
                 self._session()
                 if self._stop.is_set():
                     break
-            except (psycopg2.Error, SourceError, StateError, OSError) as exc:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                if self.status.last_error != msg:
-                    log.error("capture: %s; retrying with backoff", msg)
-                self.status.last_error = msg
-                self.status.last_error_at = time.time()
+            except psycopg2.Error as exc:
+                if _slot_missing(exc, self.slot):
+                    from ._setup import lost_slot_error
+
+                    self.status.fatal = str(lost_slot_error(self.slot))
+                    self.status.last_error = self.status.fatal
+                    self.status.last_error_at = time.time()
+                    log.error("capture stopped: %s", self.status.fatal)
+                    self._set_connected(False)
+                    self._close_conn()
+                    return
+                self._retry_error(exc)
+            except (SourceError, StateError, OSError) as exc:
+                self._retry_error(exc)
             except Exception:  # a bug must not kill capture silently
                 log.exception("capture: unexpected error; retrying")
                 self.status.last_error = "unexpected error (see log)"
@@ -134,6 +144,13 @@ class Capture:
                 delay = 0.5
             self._stop.wait(delay)
             delay = min(delay * 2, self.reconnect_max_delay)
+
+    def _retry_error(self, exc: BaseException) -> None:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.status.last_error != msg:
+            log.error("capture: %s; retrying with backoff", msg)
+        self.status.last_error = msg
+        self.status.last_error_at = time.time()
 
     def _set_connected(self, up: bool) -> None:
         if self.status.connected != up:
@@ -338,3 +355,9 @@ class Capture:
             "paused_reason": s.paused_reason,
             "codec": codec_name(),
         }
+
+
+def _slot_missing(exc: psycopg2.Error, slot: str) -> bool:
+    """The server says our replication slot does not exist (it was dropped)."""
+    text = str(exc)
+    return f'replication slot "{slot}" does not exist' in text

@@ -7,19 +7,41 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
-from .._errors import SourceError
+from .._errors import SourceError, SourceFatalError
 
 log = logging.getLogger("heliosdb_cdc.postgres")
+
+
+# connection failures retrying cannot fix: (text in the server's message, the fix)
+_FATAL_CONNECT = (
+    ("password authentication failed", "check the user and password in source.dsn"),
+    ("no pg_hba.conf entry", "allow this user and host in the server's pg_hba.conf, or fix source.dsn"),
+    ("authentication failed", "check the user and credentials in source.dsn"),
+    ("password is required", "add the password to source.dsn"),
+    ("no password supplied", "add the password to source.dsn"),
+    ("does not exist", "create it, or fix the user or database name in source.dsn"),
+    ("is not permitted to log in", "run ALTER ROLE ... LOGIN; or use another user in source.dsn"),
+)
+
+
+def one_line(text: str) -> str:
+    """A server message on one line (libpq's messages span several)."""
+    return " ".join(str(text).split())
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg2.extensions.connection:
     try:
         conn = psycopg2.connect(dsn, connect_timeout=10, **kwargs)
     except psycopg2.OperationalError as exc:
-        raise SourceError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from exc
+        text = one_line(str(exc))
+        for needle, fix in _FATAL_CONNECT:
+            if needle in text:
+                raise SourceFatalError(f"cannot connect to PostgreSQL: {text}. Fix: {fix}.") from exc
+        raise SourceError(f"cannot connect to PostgreSQL: {text}") from exc
     conn.autocommit = True
     return conn
 
@@ -30,9 +52,17 @@ def check_server(conn: psycopg2.extensions.connection) -> int:
         cur.execute("SHOW wal_level")
         (level,) = cur.fetchone()
         if level != "logical":
-            raise SourceError(
+            raise SourceFatalError(
                 f"PostgreSQL has wal_level={level}; change data capture needs wal_level=logical. "
                 "Fix: run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL."
+            )
+        cur.execute("SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user")
+        row = cur.fetchone()
+        if row is not None and not row[0]:
+            user = conn.info.user
+            raise SourceFatalError(
+                f"role {user!r} has no REPLICATION attribute: it cannot read a replication slot. "
+                f"Fix: run ALTER ROLE {sql.Identifier(user).as_string(conn)} REPLICATION; as a superuser."
             )
         return int(conn.server_version)
 
@@ -40,6 +70,13 @@ def check_server(conn: psycopg2.extensions.connection) -> int:
 def split_table(name: str) -> tuple[str, str]:
     schema, _, table = name.rpartition(".")
     return (schema or "public", table)
+
+
+def like_pattern(glob: str) -> str:
+    """A LIKE pattern for a table pattern: ``*`` any run, ``?`` one character; ``_``,
+    ``%`` and ``\\`` stand for themselves (``order_*`` does not match ``orderx``)."""
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -> list[str]:
@@ -59,10 +96,7 @@ def resolve_tables(conn: psycopg2.extensions.connection, names: Iterable[str]) -
                     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
                     "AND n.nspname NOT LIKE 'pg\\_%%' "
                     "ORDER BY 1",
-                    (
-                        schema.replace("*", "%").replace("?", "_"),
-                        table.replace("*", "%").replace("?", "_"),
-                    ),
+                    (like_pattern(schema), like_pattern(table)),
                 )
                 out.extend(r[0] for r in cur.fetchall())
                 continue
@@ -99,6 +133,38 @@ def ensure_publication(
     conn: psycopg2.extensions.connection, publication: str, tables: Iterable[str]
 ) -> list[str]:
     """Make the publication hold exactly ``tables`` (``schema.table``); return them."""
+    try:
+        return _ensure_publication(conn, publication, tables)
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        raise _publication_privilege_error(conn, publication, exc) from None
+
+
+def _publication_privilege_error(
+    conn: psycopg2.extensions.connection, publication: str, exc: psycopg2.Error
+) -> SourceFatalError:
+    text = one_line(exc.pgerror or str(exc)).removeprefix("ERROR: ").strip()
+    user = sql.Identifier(conn.info.user).as_string(conn)
+    pub = sql.Identifier(publication).as_string(conn)
+    if "owner of publication" in text:
+        fix = (
+            f"run ALTER PUBLICATION {pub} OWNER TO {user}; as its owner, "
+            f"or set source.publication to one {user} owns"
+        )
+    elif "owner of table" in text:
+        fix = (
+            f"have the table's owner run ALTER TABLE ... OWNER TO {user}; "
+            f"or ALTER PUBLICATION {pub} ADD TABLE ...; themselves"
+        )
+    elif "database" in text:
+        fix = f"run GRANT CREATE ON DATABASE {sql.Identifier(conn.info.dbname).as_string(conn)} TO {user};"
+    else:
+        fix = f"grant {user} the privilege named in the error"
+    return SourceFatalError(f"cannot manage publication {publication!r}: {text}. Fix: {fix}.")
+
+
+def _ensure_publication(
+    conn: psycopg2.extensions.connection, publication: str, tables: Iterable[str]
+) -> list[str]:
     wanted = sorted(set(tables))
     with conn.cursor() as cur:
         cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
@@ -127,20 +193,83 @@ def ensure_publication(
     return wanted
 
 
-def ensure_slot(conn: psycopg2.extensions.connection, slot: str) -> bool:
-    """Create the logical slot if missing; True when it was created."""
+def alter_publication(
+    conn: psycopg2.extensions.connection,
+    publication: str,
+    add: Iterable[str] = (),
+    drop: Iterable[str] = (),
+) -> tuple[list[str], list[str]]:
+    """Add ``add`` to and drop ``drop`` from the publication, looking only at those tables
+    (``schema.table``): the cost of a stream's CREATE or DROP does not grow with the
+    number of streams. Tables already (or no longer) in it are skipped; a publication
+    FOR ALL TABLES is left alone. Returns the (added, dropped) tables."""
+    add, drop = sorted(set(add)), sorted(set(drop))
+    if not add and not drop:
+        return [], []
+    with conn.cursor() as cur:
+        cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(publication)))
+            log.info("created publication %s", publication)
+        elif row[0]:
+            return [], []  # FOR ALL TABLES: nothing to manage
+        cur.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables "
+            "WHERE pubname = %s AND schemaname || '.' || tablename = ANY(%s)",
+            (publication, add + drop),
+        )
+        present = {r[0] for r in cur.fetchall()}
+        to_add = [t for t in add if t not in present]
+        to_drop = [t for t in drop if t in present]
+        for verb, items in (("ADD", to_add), ("DROP", to_drop)):
+            if items:
+                idents = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in items)
+                cur.execute(
+                    sql.SQL("ALTER PUBLICATION {} " + verb + " TABLE {}").format(
+                        sql.Identifier(publication), idents
+                    )
+                )
+                log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
+    return to_add, to_drop
+
+
+LOST_SLOT_FIX = "Fix: run heliosdb-cdc run --resnapshot to create it again and re-read every captured table."
+
+
+def lost_slot_error(slot: str) -> SourceFatalError:
+    return SourceFatalError(
+        f"replication slot {slot!r} does not exist, but this state directory read from it: "
+        f"the changes committed while it was missing are lost. {LOST_SLOT_FIX}"
+    )
+
+
+def ensure_slot(conn: psycopg2.extensions.connection, slot: str, create: bool = True) -> bool:
+    """Create the logical slot if missing (unless ``create`` is false: then a missing slot
+    is a :func:`lost_slot_error`); True when it was created."""
     with conn.cursor() as cur:
         cur.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,))
         row = cur.fetchone()
         if row is not None:
             if row[0] != "pgoutput":
-                raise SourceError(
+                raise SourceFatalError(
                     f"replication slot {slot!r} uses plugin {row[0]!r}, not pgoutput; "
                     "choose another source.slot or drop that slot",
                     slot=slot,
                 )
             return False
-        cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        if not create:
+            raise lost_slot_error(slot)
+        try:
+            cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.ConfigurationLimitExceeded) as exc:
+            text = one_line(exc.pgerror or str(exc)).removeprefix("ERROR: ").strip()
+            fix = (
+                "raise max_replication_slots on the server, or drop a slot no longer used"
+                if isinstance(exc, psycopg2.errors.ConfigurationLimitExceeded)
+                else "run ALTER ROLE ... REPLICATION; for the user of source.dsn"
+            )
+            raise SourceFatalError(f"cannot create replication slot {slot!r}: {text}. Fix: {fix}.") from None
         log.info("created replication slot %s", slot)
         return True
 
@@ -162,3 +291,41 @@ def slot_stats(conn: psycopg2.extensions.connection, slot: str) -> dict[str, Any
         "active": bool(row[2]),
         "confirmed_flush_lsn": row[3],
     }
+
+
+def table_oids(conn: psycopg2.extensions.connection, names: Iterable[str]) -> dict[str, int | None]:
+    """OID of each ``schema.table`` name (None when no table has that name)."""
+    out: dict[str, int | None] = {}
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(
+                "SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r','p') AND n.nspname = %s AND c.relname = %s",
+                split_table(name),
+            )
+            row = cur.fetchone()
+            out[name] = None if row is None else int(row[0])
+    return out
+
+
+def relation_names(conn: psycopg2.extensions.connection, oids: Iterable[int]) -> dict[int, str | None]:
+    """``schema.table`` name of each table OID now (None when no table has it)."""
+    out: dict[int, str | None] = {}
+    with conn.cursor() as cur:
+        for oid in oids:
+            cur.execute(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s AND c.relkind IN ('r','p')",
+                (oid,),
+            )
+            row = cur.fetchone()
+            out[oid] = None if row is None else str(row[0])
+    return out
+
+
+def emit_table_change(conn: psycopg2.extensions.connection, content: bytes) -> None:
+    """Write a table change into the WAL, where the decoder makes it a SCHEMA_CHANGE event."""
+    from ._decoder import TABLE_CHANGE_PREFIX
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_logical_emit_message(true, %s, %s::bytea)", (TABLE_CHANGE_PREFIX, content))

@@ -14,8 +14,12 @@ from pydantic import ValidationError
 
 from .._config import StreamConfig, WebhookRegistration
 from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
+from .._input import check_stream
 from .._metrics import REGISTRY
+from .._names import check_name
 from ..postgres._codec import codec_name
+from ._body import read_json as _read_json
+from ._body import read_text as _read_text
 from ._openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -45,7 +49,11 @@ class ServiceStreamManager:
 
     async def stream_names(self) -> list[str]:
         assert self.s.store is not None
-        return [r["name"] for r in self.s.store.list_streams()]
+        return self.s.store.stream_names()
+
+    async def has_stream(self, name: str) -> bool:
+        assert self.s.store is not None
+        return self.s.store.has_stream(name)
 
     async def list_streams(self) -> list[dict[str, Any]]:
         return self.s.list_stream_rows()
@@ -80,14 +88,18 @@ def build_app(service: WebhookServer) -> web.Application:
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
         cap = service.capture.status if service.capture else None
+        # 503 while starting (the source is retried: source_error says why) or after an
+        # error retrying cannot fix (the service is about to exit)
+        status = "failed" if service.fatal_error else "ok" if service.ready else "starting"
         return _json(
             {
-                "status": "ok",
+                "status": status,
                 "replication_connected": bool(cap and cap.connected),
                 "codec": codec_name(),  # native (compiled) or pure-python
                 "streams": len(service.runners),
                 "source_error": service.source_error or (cap.last_error if cap else None),
-            }
+            },
+            200 if status == "ok" else 503,
         )
 
     @routes.get("/metrics")
@@ -100,7 +112,9 @@ def build_app(service: WebhookServer) -> web.Application:
     async def sql(request: web.Request) -> web.Response:
         from ..sql import execute
 
-        text = await request.text()
+        text = await _read_text(request)
+        if isinstance(text, web.Response):
+            return text
         try:
             results = await execute(text, manager)
         except SqlError as exc:
@@ -119,13 +133,15 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.post("/api/streams")
     async def create_stream(request: web.Request) -> web.Response:
+        data = await _read_json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
-            data = await request.json(loads=orjson.loads)
-            cfg = StreamConfig.model_validate(data)
+            cfg = check_stream(StreamConfig.model_validate(data))
         except ValidationError as exc:
             return _error(_validation_message(exc, StreamConfig, data), 422)
-        except ValueError:
-            return _error("request body must be a JSON object", 400)
+        except CdcError as exc:
+            return _error(exc.message, 422)
         try:
             await service.create_stream(cfg, origin="api")
         except StreamExists as exc:
@@ -184,13 +200,17 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.post("/api/webhooks")
     async def register(request: web.Request) -> web.Response:
+        data = await _read_json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
-            data = await request.json(loads=orjson.loads)
             reg = WebhookRegistration.model_validate(data)
+            if reg.name is not None:
+                check_name(reg.name)
         except ValidationError as exc:
             return _error(_validation_message(exc, WebhookRegistration, data), 422)
-        except ValueError:
-            return _error("request body must be a JSON object", 400)
+        except CdcError as exc:
+            return _error(exc.message, 422)
         try:
             name = await service.register(reg)
         except StreamExists as exc:
@@ -221,12 +241,12 @@ def build_app(service: WebhookServer) -> web.Application:
     async def replay(request: web.Request) -> web.Response:
         body: dict[str, Any] = {}
         if request.can_read_body:
-            try:
-                body = await request.json(loads=orjson.loads)
-            except ValueError:
+            data = await _read_json(request)
+            if isinstance(data, web.Response):
+                return data
+            if not isinstance(data, dict):
                 return _error("request body must be a JSON object", 400)
-            if not isinstance(body, dict):
-                return _error("request body must be a JSON object", 400)
+            body = data
         ids = body.get("ids")
         if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) for i in ids)):
             return _error("ids must be a list of integers", 400)
@@ -255,13 +275,14 @@ def build_app(service: WebhookServer) -> web.Application:
 
 
 def overview(service: WebhookServer) -> dict[str, Any]:
-    streams = []
     assert service.store is not None
-    for row in service.store.list_streams():
-        try:
-            streams.append(service.stream_status(row["name"]))
-        except StreamNotFound:
-            continue
+    # three catalog reads for all streams, not three per stream
+    dead = service.store.dead_letter_counts()
+    snapshots = service.store.all_snapshots()
+    streams = [
+        service.stream_status(row["name"], row, dead.get(row["name"], 0), snapshots)
+        for row in service.store.list_streams()
+    ]
     cap = service.capture.describe() if service.capture else {}
     return {
         "capture": cap,
@@ -286,6 +307,9 @@ def _validation_message(exc: ValidationError, model: Any, data: Any) -> str:
 
 
 async def start_http(service: WebhookServer) -> web.AppRunner:
+    from .._logging import install_bad_request_filter
+
+    install_bad_request_filter()  # a malformed request: one WARNING line, rate-limited
     app = build_app(service)
     ssl_ctx = _tls_context(service, app)  # security.tls: HTTPS, TLS 1.2+, reload on SIGHUP
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)  # idle connections closed

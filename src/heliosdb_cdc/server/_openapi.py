@@ -11,6 +11,36 @@ _ERR = {
 _OK = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 
+_STREAM_EXAMPLES = {
+    "kafka": {
+        "value": {
+            "name": "orders_kafka",
+            "tables": ["orders"],
+            "destination": {"type": "kafka", "address": "127.0.0.1:9092", "topic": "orders"},
+        }
+    },
+    "kinesis": {
+        "value": {
+            "name": "orders_kinesis",
+            "tables": ["orders"],
+            "destination": {"type": "kinesis", "address": "orders", "region": "us-east-1"},
+            "format": "avro",
+        }
+    },
+    "webhook": {
+        "value": {
+            "name": "orders_hook",
+            "tables": ["orders"],
+            "destination": {"type": "webhook", "address": "http://127.0.0.1:9000/hook"},
+            "secret": "your-webhook-secret",
+        }
+    },
+}
+_SQL_EXAMPLES = {
+    "create": {"value": "CREATE CHANGE DATA CAPTURE ON orders TO KAFKA '127.0.0.1:9092' TOPIC 'orders';"},
+    "show": {"value": "SHOW CDC STREAMS; SHOW CDC STREAM STATUS orders_kafka;"},
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "heliosdb-cdc admin API", "version": "0.1.0"},
@@ -19,7 +49,10 @@ OPENAPI: dict[str, Any] = {
         "/sql": {
             "post": {
                 "summary": "Run the guide's SQL commands (several separated by ';')",
-                "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {"text/plain": {"schema": {"type": "string"}, "examples": _SQL_EXAMPLES}},
+                },
                 "responses": {"200": _OK, "400": _ERR},
             }
         },
@@ -29,7 +62,12 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Create a stream",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Stream"}}},
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/Stream"},
+                            "examples": _STREAM_EXAMPLES,
+                        }
+                    },
                 },
                 "responses": {"201": _OK, "400": _ERR, "409": _ERR, "422": _ERR},
             },
@@ -115,6 +153,13 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {
             "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}
         },
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _OK}}},
+        "/": {
+            "get": {
+                "summary": "Live status page",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
     },
     "components": {
         "schemas": {
@@ -127,6 +172,7 @@ OPENAPI: dict[str, Any] = {
                     "address": {"type": "string"},
                     "topic": {"type": "string"},
                     "region": {"type": "string"},
+                    "options": {"type": "object", "description": "per destination: docs/kafka.md, ..."},
                 },
             },
             "Stream": {
@@ -139,6 +185,8 @@ OPENAPI: dict[str, Any] = {
                     "format": {"type": "string", "enum": ["json", "avro"]},
                     "secret": {"type": "string"},
                     "operations": {"type": "array", "items": {"type": "string"}},
+                    "filters": {"type": "array", "items": {"type": "object"}},
+                    "snapshot": {"type": "string", "enum": ["initial", "none"]},
                 },
             },
             "WebhookRegistration": {
@@ -149,6 +197,7 @@ OPENAPI: dict[str, Any] = {
                     "secret": {"type": "string"},
                     "tables": {"type": "array", "items": {"type": "string"}},
                     "operations": {"type": "array", "items": {"type": "string"}},
+                    "filters": {"type": "array", "items": {"type": "object"}},
                     "name": {"type": "string"},
                 },
             },

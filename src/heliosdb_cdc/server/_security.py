@@ -173,7 +173,12 @@ def auth_middleware(
         if scope == READ_ONLY and request.method not in READ_METHODS:
             allowed = False
             if request.method == "POST" and path == "/sql":
-                allowed = _sql_is_read_only(await request.text())
+                from ._body import read_text
+
+                text = await read_text(request)  # undecodable: the same 4xx as for the admin
+                if isinstance(text, web.Response):
+                    return text
+                allowed = _sql_is_read_only(text)
             if not allowed:
                 return web.json_response(
                     {"error": "forbidden: the read-only token allows GET requests and SHOW statements only"},

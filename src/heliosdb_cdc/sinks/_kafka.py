@@ -29,12 +29,14 @@ librdkafka as is.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -50,6 +52,8 @@ from ._avro import (
     SchemaRegistryUnavailable,
 )
 from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("heliosdb_cdc.sinks.kafka")
 
@@ -157,6 +161,11 @@ class KafkaSink:
         self._last_committed: int | None = None
         self._uncertain = False  # a commit whose outcome is unknown: check before resending
         self._closed = False
+        # librdkafka calls block up to timeout_s while a broker is unreachable: they run on
+        # this sink's own threads, never on the event loop's default executor, which the
+        # service shares with its catalog and PostgreSQL calls (a few unreachable brokers
+        # must not stall CREATE, DROP or the status of every other stream)
+        self._executor: ThreadPoolExecutor | None = None
 
     @classmethod
     def for_stream(cls, stream: StreamConfig, **kw: Any) -> KafkaSink:
@@ -240,7 +249,7 @@ class KafkaSink:
             return
         async with self._lock:
             try:
-                await asyncio.to_thread(self._ensure_ready_sync)
+                await self._in_thread(self._ensure_ready_sync)
             except _Transient as exc:
                 log.warning("%s; will retry on send", exc)
 
@@ -249,7 +258,15 @@ class KafkaSink:
             p, self._producer, self._ready = self._producer, None, False
             self._closed = True
             if p is not None:
-                await asyncio.to_thread(p.flush, 5.0)
+                await self._in_thread(p.flush, 5.0)
+            executor, self._executor = self._executor, None
+            if executor is not None:
+                executor.shutdown(wait=False)  # a call still blocked ends on its own timeout
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(4, thread_name_prefix=f"kafka-{self.stream_name}")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def _ensure_ready_sync(self) -> None:
         if self._ready:
@@ -358,7 +375,7 @@ class KafkaSink:
         async with self._lock:
             if self._closed:
                 raise SinkError("Kafka sink is closed", destination=self.destination.address)
-            out = await asyncio.to_thread(self._send_sync, records, results, last_seq)
+            out = await self._in_thread(self._send_sync, records, results, last_seq)
         return out
 
     def _send_sync(
@@ -533,10 +550,10 @@ class KafkaSink:
             return None
         async with self._lock:
             try:
-                await asyncio.to_thread(self._ensure_ready_sync)
+                await self._in_thread(self._ensure_ready_sync)
             except _Transient as exc:
                 raise SinkError(str(exc), stream=self.stream_name) from exc
-            return await asyncio.to_thread(self._read_committed_sync)
+            return await self._in_thread(self._read_committed_sync)
 
     def _read_committed_sync(self) -> int | None:
         conf = self._common_conf()

@@ -20,6 +20,11 @@ when an entry fails for good (still throttled after ``max_attempts``), the
 later events of its key in the batch are not sent (RETRY), so a key's events
 are never written out of order. Failed entries are retried alone: successful
 ones are never sent twice.
+
+After a restart (``recover``), records the last run put after its last
+checkpoint are not put again: see ``_kinesis_recovery``. Options
+``restart_dedupe`` (true), ``restart_scan_max_records`` (100000) and
+``restart_scan_timeout_s`` (60) switch and bound that scan.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from .._config import Destination, StreamConfig
-from .._errors import SinkError
+from .._errors import ConfigError, SinkError
 from ._avro import AvroEncoder, AvroSchemaRegistry
 from ._base import DELIVERED, OutboundEvent, Outcome, SinkResult
+from ._kinesis_recovery import ResumeMarks, record_digest, scan_tail
 
 log = logging.getLogger("heliosdb_cdc.sinks.kinesis")
 
@@ -105,6 +111,35 @@ def plan_calls(
     return calls
 
 
+def _bool_option(opts: dict[str, Any], name: str, default: bool) -> bool:
+    value = opts.get(name, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "on", "yes", "1"):
+        return True
+    if text in ("false", "off", "no", "0"):
+        return False
+    raise ConfigError(
+        f"Kinesis option {name} must be true or false, not {value!r}",
+        key_path=f"destination.options.{name}",
+    )
+
+
+def _positive_option(opts: dict[str, Any], name: str, default: float) -> float:
+    value = opts.get(name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not number > 0:
+        raise ConfigError(
+            f"Kinesis option {name} must be a positive number, not {value!r}",
+            key_path=f"destination.options.{name}",
+        )
+    return number
+
+
 def _error_code(exc: BaseException) -> str:
     resp = getattr(exc, "response", None)
     if isinstance(resp, dict):
@@ -143,6 +178,12 @@ class KinesisSink:
         self.schema_dir = Path(schema_dir) if schema_dir else None
         self._written_schemas: set[int] = set()
         self._wrap = client_wrapper
+        self.restart_dedupe = _bool_option(opts, "restart_dedupe", True)
+        self.scan_max_records = int(_positive_option(opts, "restart_scan_max_records", 100_000))
+        self.scan_timeout_s = _positive_option(opts, "restart_scan_timeout_s", 60.0)
+        self._marks = ResumeMarks()
+        self._written: set[bytes] = set()  # digests of records found after a restart
+        self.skipped_on_restart = 0
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
         self._checked = False
@@ -264,6 +305,10 @@ class KinesisSink:
                 )
                 continue
             entries.append(e)
+        if self._written:
+            entries = self._skip_written(batch, entries, results)
+        if entries:
+            self._marks.begin_send(max(batch[e.index].sequence for e in entries))
 
         deadline = time.monotonic() + self.timeout_s
         blocked: dict[str, str] = {}  # partition key -> why its later events wait
@@ -297,6 +342,92 @@ class KinesisSink:
                     blocked[e.pk] = why
                 # else: FAILED (dead letter): later events of the key may go on
         return [r or DELIVERED for r in results]
+
+    def _skip_written(
+        self, batch: Sequence[OutboundEvent], entries: list[_Entry], results: list[SinkResult | None]
+    ) -> list[_Entry]:
+        """Entries whose record the last run already put (found by ``recover``) are DELIVERED."""
+        todo = []
+        for e in entries:
+            event_id = batch[e.index].event_id
+            # only data that names its event identifies it: a transformation may drop the id
+            if event_id and event_id.encode() in e.data:
+                digest = record_digest(e.pk, e.data)
+                if digest in self._written:
+                    self._written.discard(digest)
+                    results[e.index] = DELIVERED
+                    self.skipped_on_restart += 1
+                    continue
+            todo.append(e)
+        return todo
+
+    # ------------------------------------------------------------------ restart
+
+    def resume_mark(self, cursor: int) -> str | None:
+        """What to store with a checkpoint at ``cursor`` (the dispatcher's last finished
+        event); ``recover`` reads the stream from there after a restart."""
+        return self._marks.mark(cursor) if self.restart_dedupe else None
+
+    async def recover(self, mark: str | None, horizon: int) -> None:
+        """Read each shard from the stored mark to its tail; matching resent events are
+        then answered DELIVERED without a new put. ``horizon``: the highest sequence the
+        last run may have put (the local log's end); the mark stays the one to store
+        until the cursor reaches it.
+
+        A connection failure raises SinkError (the dispatcher retries); an AWS error
+        (no read permission, expired shard) or a scan cut by its bounds only means
+        that the events not found are put again.
+        """
+        if not self.restart_dedupe or not mark:
+            return
+        if self._client is None:
+            await self.start()
+        t0 = time.monotonic()
+        try:
+            result = await scan_tail(
+                self._client,
+                self._stream_arg(),
+                mark,
+                max_records=self.scan_max_records,
+                timeout_s=self.scan_timeout_s,
+                error_code=_error_code,
+            )
+        except ValueError as exc:
+            log.warning("Kinesis stream %s: ignoring the stored resume mark: %s", self.stream, exc)
+            return
+        except Exception as exc:
+            code = _error_code(exc)
+            if code == "ResourceNotFoundException":
+                raise SinkError(self._not_found(), stream=self.stream) from exc
+            if not code:
+                raise SinkError(
+                    f"cannot read Kinesis stream {self.stream!r} after a restart: {exc!r}",
+                    stream=self.stream,
+                ) from exc
+            log.warning(
+                "Kinesis stream %s: cannot read what the last run put (%s): events since the "
+                "last checkpoint are put again",
+                self.stream,
+                code,
+            )
+            return
+        for shard, seq in result.positions.items():
+            self._marks.written(shard, seq)
+        self._marks.pin(mark, horizon)
+        self._written = result.digests
+        if not result.complete:
+            log.warning(
+                "Kinesis stream %s: restart scan %s: later events since the checkpoint may be put twice",
+                self.stream,
+                result.why_incomplete,
+            )
+        log.info(
+            "Kinesis stream %s: read %d records from %d shards since the last checkpoint in %.2fs",
+            self.stream,
+            result.records,
+            result.shards,
+            time.monotonic() - t0,
+        )
 
     async def _put_with_retries(
         self, todo: list[_Entry], results: list[SinkResult | None], deadline: float
@@ -339,6 +470,8 @@ class KinesisSink:
                         failed_now.append(e)
                     else:
                         reasons.pop(e.index, None)
+                        if "ShardId" in rec and "SequenceNumber" in rec:
+                            self._marks.written(rec["ShardId"], rec["SequenceNumber"])
                 pending = failed_now
                 if not pending:
                     break

@@ -40,7 +40,7 @@ class CreateStream:
     def base_name(self) -> str:
         """``<table>_<desttype>`` from the first table, e.g. ``orders_kafka``."""
         table = self.tables[0].rpartition(".")[2] if self.tables else "stream"
-        slug = re.sub(r"[^a-z0-9_]+", "_", table.lower()).strip("_") or "all"
+        slug = re.sub(r"[^a-z0-9_]+", "_", table.lower()).strip("_")[:100] or "all"
         return f"{slug}_{self.destination}"
 
     def to_config(self, name: str | None = None) -> StreamConfig:

@@ -6,6 +6,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._config import StreamConfig
 from .._errors import CdcError, SqlError, StreamExists, StreamNotFound
+from .._input import check_stream
 from ._ast import AlterStream, CreateStream, DropStream, ShowStreams, ShowStreamStatus, Statement
 from ._parser import parse_one, split_statements
 from ._result import SqlResult
@@ -36,6 +37,9 @@ class StreamManager(Protocol):
 
     async def stream_names(self) -> list[str]: ...
 
+    # optional: ``async def has_stream(self, name: str) -> bool`` (one lookup instead of
+    # listing every name; the executor uses it when present)
+
     async def list_streams(self) -> list[dict[str, Any]]:
         """Rows of ``SHOW CDC STREAMS``: name, tables, destination, address, format,
         state, delivered, lag_bytes."""
@@ -60,15 +64,24 @@ def _not_found(name: str) -> StreamNotFound:
     return StreamNotFound(f"stream {name!r} does not exist; SHOW CDC STREAMS lists the streams", stream=name)
 
 
+async def _exists(manager: StreamManager, name: str) -> bool:
+    """One lookup when the manager has ``has_stream(name)`` (optional), else a scan of
+    ``stream_names()``."""
+    has = getattr(manager, "has_stream", None)
+    if has is not None:
+        return bool(await has(name))
+    return name in await manager.stream_names()
+
+
 async def _require(manager: StreamManager, name: str) -> None:
-    if name not in await manager.stream_names():
+    if not await _exists(manager, name):
         raise _not_found(name)
 
 
 async def _create(stmt: CreateStream, manager: StreamManager) -> SqlResult:
     if stmt.name is not None:
-        cfg = stmt.to_config()
-        if cfg.name in await manager.stream_names():
+        cfg = check_stream(stmt.to_config())
+        if await _exists(manager, cfg.name):
             raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
         created = await manager.create_stream(cfg)
     else:
@@ -82,7 +95,7 @@ async def _create(stmt: CreateStream, manager: StreamManager) -> SqlResult:
                 n += 1
             if n > MAX_GENERATED:
                 raise SqlError(f"too many streams named {base}_<n>; give one with AS 'name'")
-            cfg = stmt.to_config(base if n == 1 else f"{base}_{n}")
+            cfg = check_stream(stmt.to_config(base if n == 1 else f"{base}_{n}"))
             try:
                 created = await manager.create_stream(cfg)
                 break
@@ -94,9 +107,11 @@ async def _create(stmt: CreateStream, manager: StreamManager) -> SqlResult:
         + (f" topic {dest.topic}" if dest.topic else "")
         + (f" region {dest.region}" if dest.region else "")
     )
+    warnings = (await manager.stream_status(created.name)).get("warnings")
     return SqlResult(
         message=f"stream {created.name} created: {', '.join(created.tables)} -> "
         f"{dest.type.upper()} {where}, format {created.format.upper()}"
+        + (f" (WARNING: {warnings})" if warnings else "")
     )
 
 
@@ -133,7 +148,7 @@ async def execute_statement(stmt: Statement, manager: StreamManager) -> SqlResul
         await manager.cancel_backfill(stmt.name)
         return SqlResult(message=f"backfill of stream {stmt.name} cancelled")
     if isinstance(stmt, DropStream):
-        if stmt.name not in await manager.stream_names():
+        if not await _exists(manager, stmt.name):
             if stmt.if_exists:
                 return SqlResult(message=f"stream {stmt.name} does not exist, skipping")
             raise _not_found(stmt.name)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .._config import StreamConfig
 from .._errors import SqlError, StreamExists, StreamNotFound
+from .._input import check_stream
 
 
 class MemoryStreamManager:
@@ -35,6 +36,7 @@ class MemoryStreamManager:
             raise StreamNotFound(f"stream {name!r} does not exist", stream=name) from None
 
     async def create_stream(self, cfg: StreamConfig) -> StreamConfig:
+        check_stream(cfg)
         async with self._lock:
             if cfg.name in self.streams:
                 raise StreamExists(f"stream {cfg.name!r} already exists", stream=cfg.name)
@@ -56,6 +58,9 @@ class MemoryStreamManager:
 
     async def stream_names(self) -> list[str]:
         return list(self.streams)
+
+    async def has_stream(self, name: str) -> bool:
+        return name in self.streams
 
     async def list_streams(self) -> list[dict[str, Any]]:
         rows = []

@@ -19,6 +19,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from .._errors import SqlError
 from .._event import OperationType
+from .._names import name_problem
 from ._ast import (
     AlterAction,
     AlterStream,
@@ -32,7 +33,6 @@ from ._ast import (
 
 DESTINATIONS: tuple[DestinationType, ...] = ("kafka", "kinesis", "webhook")
 OPERATIONS = tuple(m.value for m in OperationType if m.name.isupper())
-MAX_NAME = 128
 
 
 @functools.cache
@@ -338,12 +338,9 @@ class _Builder:
             name = _string(node)
         else:
             name = _name(node)
-        if not name.strip():
-            self.at(node, "a stream name must not be empty")
-        if len(name) > MAX_NAME:
-            self.at(node, f"a stream name is at most {MAX_NAME} characters")
-        if any(ord(c) < 32 for c in name):
-            self.at(node, "a stream name must not contain control characters")
+        problem = name_problem(name)  # the one naming rule (REST, YAML, Python API too)
+        if problem is not None:
+            self.at(node, problem)
         return name
 
     def predicate(self, tok: Token) -> str:

@@ -4,10 +4,11 @@ runs per event."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,11 @@ _MIGRATIONS: dict[int, list[str]] = {
         )""",
     ],
 }
+
+
+def sink_mark_key(stream: str) -> str:
+    """Meta key of a stream's sink resume mark (Kinesis: where to read after a restart)."""
+    return f"sink_mark:{stream}"
 
 
 class Store:
@@ -183,6 +189,15 @@ class Store:
         ).fetchall()
         return [self._row(r) for r in rows]
 
+    def has_stream(self, name: str) -> bool:
+        """Whether the stream exists: one primary-key lookup."""
+        return self._exec("SELECT 1 FROM streams WHERE name=?", (name,)).fetchone() is not None
+
+    def stream_names(self) -> list[str]:
+        """Names of every stream (no configuration parsed), in catalog order."""
+        rows = self._exec("SELECT name FROM streams ORDER BY created_at, name").fetchall()
+        return [r[0] for r in rows]
+
     def set_state(self, name: str, state: str) -> None:
         cur = self._exec("UPDATE streams SET state=? WHERE name=?", (state, name))
         if cur.rowcount == 0:
@@ -204,6 +219,7 @@ class Store:
                     raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
                 self._db.execute("DELETE FROM cursors WHERE stream=?", (name,))
                 self._db.execute("DELETE FROM snapshots WHERE stream=?", (name,))
+                self._db.execute("DELETE FROM meta WHERE key=?", (sink_mark_key(name),))
                 self._db.execute("COMMIT")
             except StreamNotFound:
                 raise
@@ -224,8 +240,10 @@ class Store:
         stream: str,
         seq: int,
         deliveries: Iterable[tuple[str, str, int, float]] = (),
+        meta: Mapping[str, str] | None = None,
     ) -> None:
-        """One transaction: the stream's cursor plus a batch of (endpoint, event_id, seq, time)."""
+        """One transaction: the stream's cursor plus a batch of (endpoint, event_id, seq, time),
+        and ``meta`` values that go with the cursor (a sink's resume mark)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN")
@@ -240,6 +258,8 @@ class Store:
                     "updated_at=excluded.updated_at",
                     (stream, seq, time.time()),
                 )
+                if meta:
+                    self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", meta.items())
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
@@ -247,6 +267,23 @@ class Store:
                 except sqlite3.Error:
                     pass
                 raise StateError(f"cannot write a checkpoint: {exc}", stream=stream) from exc
+
+    def sync_to_disk(self) -> None:
+        """Make every committed transaction durable.
+
+        With ``synchronous=NORMAL`` a commit survives a crash of the process but not
+        a power cut until SQLite's next WAL checkpoint; callers that delete data on the
+        strength of a committed cursor (log retention) call this first.
+        """
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def delivered_after(self, endpoint: str, seq: int) -> set[str]:
         rows = self._exec(
@@ -351,6 +388,11 @@ class Store:
             )
         return int(self._exec("SELECT count(*) FROM dead_letters").fetchone()[0])
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per stream (streams with none are absent), in one query."""
+        rows = self._exec("SELECT stream, count(*) FROM dead_letters GROUP BY stream").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
     # -- snapshots and backfills -------------------------------------------------------
     def save_snapshot(self, stream: str, snap: dict[str, Any]) -> None:
         self._exec(
@@ -379,8 +421,18 @@ class Store:
             "error FROM snapshots WHERE stream=?",
             (stream,),
         ).fetchone()
-        if row is None:
-            return None
+        return None if row is None else self._snapshot(row)
+
+    def all_snapshots(self) -> dict[str, dict[str, Any]]:
+        """The stored snapshot of every stream that has one, in one query."""
+        rows = self._exec(
+            "SELECT kind, tables, where_clause, state, progress, rows_sent, started_at, updated_at, "
+            "error, stream FROM snapshots"
+        ).fetchall()
+        return {r[9]: self._snapshot(r) for r in rows}
+
+    @staticmethod
+    def _snapshot(row: Sequence[Any]) -> dict[str, Any]:
         return {
             "kind": row[0],
             "tables": orjson.loads(row[1]),
@@ -395,6 +447,17 @@ class Store:
 
     def delete_snapshot(self, stream: str) -> None:
         self._exec("DELETE FROM snapshots WHERE stream=?", (stream,))
+
+    # -- small facts about the source (the slot we created, captured tables' OIDs) --
+    def get_meta(self, key: str) -> str | None:
+        row = self._exec("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self._exec("DELETE FROM meta WHERE key=?", (key,))
+        else:
+            self._exec("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         with self._lock:
