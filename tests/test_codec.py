@@ -377,3 +377,13 @@ def test_bc_values_and_dates_leave_the_spelling_to_python() -> None:
     assert k.encode_value(k.KIND_DATE, b"2026-01-04") == b'"2026-01-04"'
     assert k.encode_value(k.KIND_DATE, b"-infinity") == b'"-infinity"'
     assert k.encode_value(k.KIND_DATE, b"0044-03-15 BC") is None
+
+
+def test_a_module_built_from_other_sources_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale build (rust/ changed, not rebuilt) must not be called with arguments it does not
+    take: capture would fail on the first Relation message."""
+    monkeypatch.setattr(native, "ABI", _codec.ABI - 1)
+    with pytest.raises(ImportError, match=r"built from other sources .* `pip install -e \.` rebuilds it"):
+        _codec.load_native()
+    monkeypatch.setattr(native, "ABI", _codec.ABI)
+    assert _codec.load_native() is native

@@ -171,6 +171,20 @@ impl RowCodec {
     ///
     /// The event is `id_prefix + index (6 digits) + mid + seq + op head + key +
     /// ',"value":' + value + ',"old_value":' + old + txn_tail`.
+    /// `encode_change`, with a panic (a bug) handed to the Python path like any row this
+    /// codec does not handle, never raised into capture.
+    fn guarded_change(
+        &self,
+        py: Python<'_>,
+        buf: &[u8],
+        txn: &Txn<'_>,
+        index: u64,
+        seq: u64,
+    ) -> PyResult<Option<Encoded3>> {
+        let run = std::panic::AssertUnwindSafe(|| self.encode_change(py, buf, txn, index, seq));
+        std::panic::catch_unwind(run).unwrap_or(Ok(None))
+    }
+
     fn encode_change(
         &self,
         py: Python<'_>,
@@ -311,7 +325,7 @@ impl RowCodec {
             tail: txn_tail,
         };
         Ok(self
-            .encode_change(py, buf, &txn, index, seq)?
+            .guarded_change(py, buf, &txn, index, seq)?
             .map(|(op, key, body)| (op, PyBytes::new(py, &key), PyBytes::new(py, &body))))
     }
 
@@ -407,7 +421,7 @@ fn decode_run(
         };
         let codec = codec_ref.get();
         let k = (i - start) as u64;
-        let Ok(Some((op, key, body))) = codec.encode_change(py, buf, &txn, index + k, seq + k)
+        let Ok(Some((op, key, body))) = codec.guarded_change(py, buf, &txn, index + k, seq + k)
         else {
             break; // the Python path takes it (and reports what is wrong with it)
         };
@@ -465,5 +479,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_DATE", encode::DATE)?;
     m.add("KIND_PYTHON", encode::PYTHON)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // what `heliosdb_cdc/postgres/_codec.py` expects (RowCodec's arguments, decode_run's):
+    // a module built from other sources is not used
+    m.add("ABI", 2)?;
     Ok(())
 }

@@ -27,6 +27,7 @@ from .._event import dumps
 from . import _types
 
 ENV_PURE_PYTHON = "HELIOSDB_CDC_PURE_PYTHON"
+ABI = 2  # the compiled module's interface this code speaks (rust/src/lib.rs, ``ABI``)
 
 
 def load_native() -> ModuleType:
@@ -38,6 +39,12 @@ def load_native() -> ModuleType:
             f"the compiled codec heliosdb_cdc._native is not built ({exc}); "
             "`pip install -e .` builds it (needs cargo)"
         ) from exc
+    if getattr(module, "ABI", None) != ABI:
+        raise ImportError(
+            f"the compiled codec at {module.__file__} was built from other sources "
+            f"(interface {getattr(module, 'ABI', 1)}, this code needs {ABI}); "
+            "`pip install -e .` rebuilds it"
+        )
     return module
 
 
