@@ -309,8 +309,8 @@ def test_kinds_follow_the_python_encoders() -> None:
         k.KIND_VERBATIM, k.KIND_NUMERIC, k.KIND_BOOL, k.KIND_STR, k.KIND_STR, k.KIND_FLOAT,
         k.KIND_TIMESTAMPTZ, k.KIND_TIMESTAMP, k.KIND_BYTEA,
     ]  # fmt: skip
-    # types without a compiled encoder call their Python one: json, arrays, timetz
-    assert {_codec.kind_for(k, oid) for oid in (114, 3802, 1007, 1009, 1266)} == {k.KIND_PYTHON}
+    # types without a compiled encoder call their Python one: json, timetz, arrays of those
+    assert {_codec.kind_for(k, oid) for oid in (114, 3802, 1266, 199, 3807, 1270, 1185)} == {k.KIND_PYTHON}
 
 
 def test_codec_selection_by_environment() -> None:
@@ -387,3 +387,34 @@ def test_a_module_built_from_other_sources_is_not_used(monkeypatch: pytest.Monke
         _codec.load_native()
     monkeypatch.setattr(native, "ABI", _codec.ABI)
     assert _codec.load_native() is native
+
+
+ARRAY_TYPES = [1005, 1007, 1016, 1028, 1021, 1022, 1231, 1000, 1009, 1015, 1014, 2951, 1182]
+array_text = st.one_of(
+    pg_array(st.integers(-(2**63), 2**63 - 1).map(str)),
+    pg_array(pg_float),
+    pg_array(pg_numeric),
+    pg_array(text),
+    pg_array(st.sampled_from(["t", "f", "NULL", "null", "007", "-0", "1.50", ".5", "1e3", " 1"])),
+    st.text(st.sampled_from('{}",\\ 1aN-.e[]:=tf'), max_size=12),  # malformed or unusual
+    st.sampled_from(["[0:1]={1,2}", "{}", "{{}}", "{1,{2}}", '{"a"x}', "{NULL,Null}", "{,}", "{1 }"]),
+)
+
+
+@given(array_text, st.sampled_from(ARRAY_TYPES))
+@settings(max_examples=1500)
+def test_arrays_encode_like_python(s: str, oid: int) -> None:
+    raw = s.encode()
+    assert rust_encode(oid, raw) == py_encode(oid, raw), (oid, s)
+
+
+def test_arrays_are_compiled() -> None:
+    k = native
+    assert _codec.kind_for(k, 1007) == k.KIND_ARRAY + k.ARRAY_INT
+    assert _codec.kind_for(k, 1009) == k.KIND_ARRAY + k.ARRAY_STR
+    assert k.encode_value(_codec.kind_for(k, 1231), b"{{1.50,NaN},{-2,NULL}}") == b'[[1.50,"NaN"],[-2,null]]'
+    assert (
+        k.encode_value(_codec.kind_for(k, 1009), b'{a,"b \\"c\\"",NULL,"NULL"}')
+        == b'["a","b \\"c\\"",null,"NULL"]'
+    )
+    assert k.encode_value(_codec.kind_for(k, 1007), b"[0:1]={1,2}") is None  # bounds: Python decides

@@ -19,6 +19,14 @@ pub const TIMESTAMPTZ: u8 = 5; // UTC timestamptz ("... +00") only
 pub const TIMESTAMP: u8 = 6;
 pub const BYTEA: u8 = 7; // hex format only
 pub const DATE: u8 = 8; // quoted as is; BC dates go to Python
+/// Arrays (PostgreSQL's text form, `{1,NULL,"a b"}`, nested for more dimensions) of
+/// elements converted like these: `ARRAY + A_*`.
+pub const ARRAY: u8 = 16;
+pub const A_INT: u8 = 0;
+pub const A_FLOAT: u8 = 1;
+pub const A_NUMERIC: u8 = 2;
+pub const A_BOOL: u8 = 3;
+pub const A_STR: u8 = 4;
 pub const PYTHON: u8 = 255; // always the Python encoder
 
 /// Append the JSON of `text` (a value of encoder `kind`); `false`: use Python.
@@ -51,6 +59,7 @@ pub fn encode(kind: u8, text: &[u8], out: &mut Vec<u8>) -> bool {
         TIMESTAMPTZ => timestamptz(text, out),
         TIMESTAMP => timestamp(text, out),
         BYTEA => bytea(text, out),
+        k if (ARRAY..=ARRAY + A_STR).contains(&k) => array(k - ARRAY, text, out),
         DATE => {
             if text.ends_with(b" BC")
                 || !text.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
@@ -226,4 +235,147 @@ fn bytea(b: &[u8], out: &mut Vec<u8>) -> bool {
     }
     out.push(b'"');
     true
+}
+
+/// A JSON array from PostgreSQL's array text, as psycopg2's parser and the element
+/// converter give it; anything unusual (bounds prefix `[1:2]=`, spaces outside quotes,
+/// non-canonical numbers, `null` spelled otherwise than `NULL`) goes to Python.
+fn array(elem: u8, b: &[u8], out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let mut pos = 0;
+    if array_level(elem, b, &mut pos, out, 0) && pos == b.len() {
+        return true;
+    }
+    out.truncate(start);
+    false
+}
+
+fn array_level(elem: u8, b: &[u8], pos: &mut usize, out: &mut Vec<u8>, depth: u32) -> bool {
+    if depth > 64 || b.get(*pos) != Some(&b'{') {
+        return false;
+    }
+    *pos += 1;
+    out.push(b'[');
+    if b.get(*pos) == Some(&b'}') {
+        *pos += 1;
+        out.push(b']');
+        return true;
+    }
+    loop {
+        match b.get(*pos) {
+            Some(b'{') => {
+                if !array_level(elem, b, pos, out, depth + 1) {
+                    return false;
+                }
+            }
+            Some(b'"') => {
+                *pos += 1;
+                let mut s = Vec::new();
+                loop {
+                    match b.get(*pos) {
+                        None => return false,
+                        Some(b'\\') => {
+                            let Some(&c) = b.get(*pos + 1) else {
+                                return false;
+                            };
+                            s.push(c);
+                            *pos += 2;
+                        }
+                        Some(b'"') => {
+                            *pos += 1;
+                            break;
+                        }
+                        Some(&c) => {
+                            s.push(c);
+                            *pos += 1;
+                        }
+                    }
+                }
+                if !array_element(elem, &s, out) {
+                    return false;
+                }
+            }
+            Some(_) => {
+                let st = *pos;
+                while let Some(&c) = b.get(*pos) {
+                    if c == b',' || c == b'}' {
+                        break;
+                    }
+                    if matches!(c, b'{' | b'"' | b'\\') || c.is_ascii_whitespace() {
+                        return false;
+                    }
+                    *pos += 1;
+                }
+                let tok = &b[st..*pos];
+                if tok == b"NULL" {
+                    out.extend_from_slice(b"null");
+                } else if tok.is_empty()
+                    || tok.eq_ignore_ascii_case(b"null")
+                    || !array_element(elem, tok, out)
+                {
+                    return false;
+                }
+            }
+            None => return false,
+        }
+        match b.get(*pos) {
+            Some(b',') => {
+                *pos += 1;
+                out.push(b',');
+            }
+            Some(b'}') => {
+                *pos += 1;
+                out.push(b']');
+                return true;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// `-?(0|[1-9][0-9]*)` and, with `fraction`, an optional `.[0-9]+`: the text Python's
+/// int()/Decimal() then JSON give back unchanged.
+fn canonical_number(s: &[u8], fraction: bool) -> bool {
+    let s = s.strip_prefix(b"-").unwrap_or(s);
+    let (int, frac) = match s.iter().position(|&c| c == b'.') {
+        Some(i) if fraction => (&s[..i], Some(&s[i + 1..])),
+        Some(_) => return false,
+        None => (s, None),
+    };
+    let int_ok =
+        int == b"0" || (!int.is_empty() && int[0] != b'0' && int.iter().all(u8::is_ascii_digit));
+    int_ok && frac.is_none_or(|f| !f.is_empty() && f.iter().all(u8::is_ascii_digit))
+}
+
+fn array_element(elem: u8, s: &[u8], out: &mut Vec<u8>) -> bool {
+    match elem {
+        A_INT if canonical_number(s, false) && s != b"-0" => {
+            out.extend_from_slice(s);
+            true
+        }
+        A_FLOAT => float(s, out),
+        A_NUMERIC => match s {
+            b"NaN" | b"Infinity" | b"-Infinity" => {
+                quoted_ascii(s, out);
+                true
+            }
+            _ if canonical_number(s, true) => {
+                out.extend_from_slice(s);
+                true
+            }
+            _ => false,
+        },
+        A_BOOL => {
+            out.extend_from_slice(if s == b"t" { b"true" } else { b"false" });
+            true
+        }
+        A_STR => match std::str::from_utf8(s) {
+            Ok(_) => {
+                json_str(s, out);
+                true
+            }
+            Err(_) => false,
+        },
+        _ => false,
+    }
 }

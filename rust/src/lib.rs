@@ -477,6 +477,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_TIMESTAMP", encode::TIMESTAMP)?;
     m.add("KIND_BYTEA", encode::BYTEA)?;
     m.add("KIND_DATE", encode::DATE)?;
+    m.add("KIND_ARRAY", encode::ARRAY)?;
+    m.add("ARRAY_INT", encode::A_INT)?;
+    m.add("ARRAY_FLOAT", encode::A_FLOAT)?;
+    m.add("ARRAY_NUMERIC", encode::A_NUMERIC)?;
+    m.add("ARRAY_BOOL", encode::A_BOOL)?;
+    m.add("ARRAY_STR", encode::A_STR)?;
     m.add("KIND_PYTHON", encode::PYTHON)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // what `heliosdb_cdc/postgres/_codec.py` expects (RowCodec's arguments, decode_run's):

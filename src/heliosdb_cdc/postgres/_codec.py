@@ -97,10 +97,27 @@ def kind_of(native: ModuleType, encoder: Any) -> int:
     if kind is not None:
         return kind
     # types whose Python encoder is the generic one (their converter, then JSON)
-    if _is_generic_of(encoder, getattr(_types, "_to_timestamp", None)):
+    conv = _generic_converter(encoder)
+    if conv is None:
+        return int(n.KIND_PYTHON)
+    if conv is getattr(_types, "_to_timestamp", None):
         return int(n.KIND_TIMESTAMP)
-    if _is_generic_of(encoder, getattr(_types, "_to_bytea", None)):
+    if conv is getattr(_types, "_to_bytea", None):
         return int(n.KIND_BYTEA)
+    if getattr(conv, "__qualname__", "") == "_array_converter.<locals>.convert":
+        # psycopg2's text[] parser, then the element converter: arrays of these are compiled
+        elements = {
+            getattr(_types, "_to_int", None): n.ARRAY_INT,
+            getattr(_types, "_to_float", None): n.ARRAY_FLOAT,
+            getattr(_types, "_to_numeric", None): n.ARRAY_NUMERIC,
+            getattr(_types, "_to_bool", None): n.ARRAY_BOOL,
+            getattr(_types, "_to_str", None): n.ARRAY_STR,
+        }
+        elements.pop(None, None)
+        for cell in conv.__closure__ or ():
+            for fn, elem in elements.items():
+                if cell.cell_contents is fn:
+                    return int(n.KIND_ARRAY + elem)
     return int(n.KIND_PYTHON)
 
 
@@ -109,11 +126,12 @@ def kind_for(native: ModuleType, type_oid: int) -> int:
     return kind_of(native, _types.encoder_for(type_oid))
 
 
-def _is_generic_of(enc: Any, conv: Any) -> bool:
-    """``enc`` is ``_types._generic_encoder(conv)``."""
-    if conv is None or not getattr(enc, "__qualname__", "").startswith("_generic_encoder."):
-        return False
-    return any(cell.cell_contents is conv for cell in getattr(enc, "__closure__", None) or ())
+def _generic_converter(enc: Any) -> Any:
+    """The converter of ``_types._generic_encoder(converter)``; None for other encoders."""
+    if not getattr(enc, "__qualname__", "").startswith("_generic_encoder."):
+        return None
+    cells: tuple[Any, ...] = getattr(enc, "__closure__", None) or ()
+    return cells[0].cell_contents if len(cells) == 1 else None
 
 
 def row_codec(
