@@ -150,6 +150,8 @@ class WebhookServer:
         self.snapshots: dict[str, Any] = {}
         self.table_warnings: dict[str, list[str]] = {}
         self._published = PublishedTables()
+        # stream -> the tables it names (not patterns): followed by name, see _check_tables
+        self._named: dict[str, frozenset[str]] = {}
         self._started = False
         # an error retrying cannot fix, found while running (a dropped slot): ``run`` exits on it
         self.fatal_error: SourceFatalError | None = None
@@ -359,6 +361,7 @@ class WebhookServer:
                 ensure_publication, conn, self.config.source.publication, sorted(published.wanted())
             )
             self._published = published
+            self._named = {row["name"]: _named_tables(row["config"]["tables"]) for row in rows}
             self.table_warnings = {  # patterns that match no table now (stream status)
                 row["name"]: pattern_warnings(row["config"]["tables"], cache) for row in rows
             }
@@ -556,12 +559,15 @@ class WebhookServer:
 
     # -- captured tables dropped, renamed, re-created (followed by name) -------------------
     def _followed_tables(self) -> list[str]:
-        """``schema.table`` of every table a stream names (patterns are not followed)."""
-        assert self.store is not None
-        names = list(self.config.source.tables)
-        for row in self.store.list_streams():
-            names.extend(row["config"]["tables"])
-        return sorted({".".join(split_table(n)) for n in names if not any(c in n for c in "*?[")})
+        """``schema.table`` of every table a stream names (patterns are not followed); from
+        memory, kept up to date by CREATE and DROP: no catalog read."""
+        return sorted(_named_tables(self.config.source.tables).union(*self._named.values()))
+
+    def _follow(self, stream: str, tables: list[str] | None) -> None:
+        if tables is None:
+            self._named.pop(stream, None)
+        else:
+            self._named[stream] = _named_tables(tables)
 
     async def _check_tables_logged(self) -> None:
         try:
@@ -718,6 +724,7 @@ class WebhookServer:
                     await asyncio.to_thread(self._publish, cfg.name, None)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
+        self._follow(cfg.name, cfg.tables)
         await self._check_tables_logged()  # note its tables' OIDs now: a drop right after is seen
         if cfg.snapshot == "initial":
             await self.start_snapshot(cfg.name, "snapshot", None)
@@ -741,6 +748,7 @@ class WebhookServer:
                 forget_stream(name, runner.endpoint)
             self.store.drop_stream(name)
             await asyncio.to_thread(self._publish, name, None)
+            self._follow(name, None)
         log.info("stream %s dropped", name)
 
     async def set_paused(self, name: str, paused: bool) -> None:
@@ -1003,6 +1011,11 @@ class WebhookServer:
         if done:
             self.store.delete_dead_letters(done)
         return len(done)
+
+
+def _named_tables(names: list[str]) -> frozenset[str]:
+    """``schema.table`` of the names that are not patterns."""
+    return frozenset(".".join(split_table(n)) for n in names if not any(c in n for c in "*?["))
 
 
 def _resolve_each(conn: Any, names: list[str], cache: dict[str, list[str]]) -> list[str]:

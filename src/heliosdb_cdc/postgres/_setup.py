@@ -295,16 +295,22 @@ def slot_stats(conn: psycopg2.extensions.connection, slot: str) -> dict[str, Any
 
 def table_oids(conn: psycopg2.extensions.connection, names: Iterable[str]) -> dict[str, int | None]:
     """OID of each ``schema.table`` name (None when no table has that name)."""
-    out: dict[str, int | None] = {}
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(
-                "SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind IN ('r','p') AND n.nspname = %s AND c.relname = %s",
-                split_table(name),
-            )
-            row = cur.fetchone()
-            out[name] = None if row is None else int(row[0])
+    names = list(names)
+    out: dict[str, int | None] = dict.fromkeys(names)
+    if not names:
+        return out
+    pairs = [split_table(n) for n in names]
+    with conn.cursor() as cur:  # one statement, however many tables
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.oid::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN unnest(%s::text[], %s::text[]) AS w(s, t) ON n.nspname = w.s AND c.relname = w.t "
+            "WHERE c.relkind IN ('r','p')",
+            ([p[0] for p in pairs], [p[1] for p in pairs]),
+        )
+        found = {(r[0], r[1]): int(r[2]) for r in cur.fetchall()}
+    for name, pair in zip(names, pairs, strict=True):
+        out[name] = found.get(pair)
     return out
 
 
