@@ -5,8 +5,10 @@
 Runs :class:`WebhookServer` with one stream whose destination is
 ``type: memory`` on ``bench_events``, and wraps that sink's ``send`` (from
 here, not in the package) to record the count and the time of the latest
-acknowledged event. Writes ``{"count", "first_recv", "last_recv", "rss_hwm_kb"}``
-to STATUS_FILE every 0.1 s; exits on SIGTERM.
+acknowledged event. Writes ``{"count", "first_recv", "last_recv", "rss_hwm_kb", "cpu_s",
+"codec"}`` to STATUS_FILE every 0.1 s (``cpu_s``: the process's CPU time since the service
+started, all threads); exits on SIGTERM. ``HELIOSDB_CDC_PURE_PYTHON=1`` runs it on the
+pure-Python codec (scenario ``null_pure``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from heliosdb_cdc import Config, WebhookServer
 from heliosdb_cdc._embedded import free_port
+from heliosdb_cdc.postgres._codec import codec_name
 
 STREAM = "bench_null"
 
@@ -86,6 +89,7 @@ async def serve(
     dsn: str, state_dir: str, status_file: str, stop: asyncio.Event, decode_worker: bool = False
 ) -> None:
     counter = Counter()
+    cpu0 = time.process_time()  # the service's CPU from here (all threads), imports excluded
     server = WebhookServer(make_config(dsn, state_dir, decode_worker=decode_worker))
     await server.start(serve_http=False)
     counter.wrap(server.runners[STREAM].sink)
@@ -99,6 +103,8 @@ async def serve(
                         "first_recv": counter.first,
                         "last_recv": counter.last,
                         "rss_hwm_kb": rss_hwm_kb(),
+                        "cpu_s": time.process_time() - cpu0,
+                        "codec": codec_name(),
                         "ready": True,
                     },
                     f,

@@ -7,6 +7,7 @@ Scenarios (see BENCHMARKS.md):
   receiver       calibration: POSTs/s that bench/receiver.py takes from a raw HTTP load generator
   raw            bare pgoutput consumer (psycopg2, decode=False): the denominator
   null           WAL -> events -> memory sink, service in-process (bench/null_service.py)
+  null_pure      the same on the pure-Python codec (HELIOSDB_CDC_PURE_PYTHON=1): before/after
   webhook1       service subprocess -> one event per POST -> receiver process
   webhook_batch  same with webhook.batch_size: 100 (a JSON array per POST)
   latency        fixed rates (1,000/s; and 5,000/s without --quick): commit->receipt p50/p99/p999
@@ -66,6 +67,7 @@ ALL = [
     "receiver",
     "raw",
     "null",
+    "null_pure",
     "webhook1",
     "webhook_batch",
     "webhook10",
@@ -79,6 +81,7 @@ ALL = [
 THROUGHPUT = [
     "raw",
     "null",
+    "null_pure",
     "webhook1",
     "webhook_batch",
     "webhook10",
@@ -408,7 +411,10 @@ class Bench:
 
         self.add({"scenario": "raw", "workload": workload, **self.throughput(workload, "bench_raw", start)})
 
-    def sc_null(self, workload: str) -> None:
+    def sc_null_pure(self, workload: str) -> None:
+        self.sc_null(workload, pure=True)
+
+    def sc_null(self, workload: str, pure: bool = False) -> None:
         def start() -> Any:
             status = self.workdir / "null.status"
             status.unlink(missing_ok=True)
@@ -418,6 +424,7 @@ class Bench:
                 [sys.executable, str(BENCH / "null_service.py"), self.dsn, str(state), str(status)]
                 + (["--decode-worker"] if self.decode_worker else []),
                 self.workdir / "null.log",
+                env={"HELIOSDB_CDC_PURE_PYTHON": "1"} if pure else {"HELIOSDB_CDC_PURE_PYTHON": ""},
             )
             wait_until(
                 lambda: read_status(status).get("ready") and self.slot_active("bench_null"),
@@ -426,11 +433,18 @@ class Bench:
             )
 
             def extra() -> dict[str, Any]:
-                return {"peak_rss_mb": round(read_status(status).get("rss_hwm_kb", 0) / 1024, 1)}
+                st = read_status(status)
+                cpu_us = st.get("cpu_s", 0.0) * 1e6 / max(st.get("count", 0), 1)
+                return {
+                    "peak_rss_mb": round(st.get("rss_hwm_kb", 0) / 1024, 1),
+                    "cpu_us_per_change": round(cpu_us, 2),
+                    "note": f"codec {st.get('codec', '?')}; CPU {cpu_us:.1f} µs/change",
+                }
 
             return (lambda: stop(proc)), (lambda: read_status(status)), extra
 
-        self.add({"scenario": "null", "workload": workload, **self.throughput(workload, "bench_null", start)})
+        name = "null_pure" if pure else "null"
+        self.add({"scenario": name, "workload": workload, **self.throughput(workload, "bench_null", start)})
 
     def service_config(
         self,
@@ -844,7 +858,7 @@ class Bench:
         try:
             for sc in scenarios:
                 try:
-                    if sc in ("raw", "null"):
+                    if sc in ("raw", "null", "null_pure"):
                         for w in workloads:
                             getattr(self, f"sc_{sc}")(w)
                     elif sc == "webhook1":

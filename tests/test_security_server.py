@@ -39,6 +39,7 @@ class FakeService:
         self.source_error = None
         self.fatal_error = None
         self.ready = True
+        self.codec = "pure-python"
         self.store = self
         self.created: list[Any] = []
 

@@ -15,6 +15,7 @@ import yaml
 
 from heliosdb_cdc import WebhookRegistration, WebhookServer
 from heliosdb_cdc._embedded import EmbeddedPostgres, free_port
+from heliosdb_cdc.postgres._codec import codec_name
 from tests.plugins.postgres import PgDatabase
 from tests.plugins.receiver import Receiver
 from tests.test_chaos_kill import start_service, wait_healthy
@@ -87,8 +88,12 @@ async def test_health_and_sigterm_drains(pg_db: PgDatabase, receiver: Receiver, 
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/health") as r:
             health = await r.json()
         assert health["status"] == "ok"
+        assert health["codec"] == codec_name()  # native where it is built (scripts/test.sh checks that)
         pg_db.execute("INSERT INTO t SELECT g FROM generate_series(1, 100) g")
         await receiver.wait_for(100)
+        status = run_cli("status", "--server", f"http://127.0.0.1:{port}")
+        assert status.returncode == 0, status.stderr
+        assert f"codec {codec_name()}" in status.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
@@ -104,6 +109,7 @@ async def test_health_and_sigterm_drains(pg_db: PgDatabase, receiver: Receiver, 
         proc.wait(20)
     assert len(receiver.events) == 100
     assert "configuration reconciled" in (tmp_path / "log").read_text()
+    assert f"codec: {codec_name()}" in (tmp_path / "log").read_text()
 
 
 async def test_postgres_restart_mid_stream_loses_nothing(receiver: Receiver, tmp_path: Path) -> None:

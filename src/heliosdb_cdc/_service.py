@@ -57,6 +57,8 @@ from .postgres import (
     PublishedTables,
     alter_publication,
     check_server,
+    codec_description,
+    codec_name,
     connect,
     debezium_column_rows,
     emit_table_change,
@@ -162,6 +164,11 @@ class WebhookServer:
         # captured tables gone under their name (dropped, renamed) -> why; see _tables.py
         self.table_problems: dict[str, str] = {}
 
+    @property
+    def codec(self) -> str:
+        """The row codec capture uses: ``native`` (compiled) or ``pure-python``."""
+        return codec_name()
+
     # -- lifecycle --------------------------------------------------------------
     async def __aenter__(self) -> WebhookServer:
         await self.start()
@@ -232,6 +239,7 @@ class WebhookServer:
             store=self.store,
         )
         self._loop = asyncio.get_running_loop()
+        log.info("codec: %s", codec_description())  # the compiled one, or why not
         self.capture.start()
         for row in self.store.list_streams():
             await self._start_runner(row)

@@ -194,7 +194,7 @@ async def _status(args: Any) -> int:
     print(
         f"replication: {'up' if cap.get('connected') else 'down'}  confirmed {cap.get('confirmed_lsn')}  "
         f"captured {cap.get('events')} events  slot lag {data['slot'].get('lag_bytes', '?')} bytes  "
-        f"local log {data['local_log_bytes']} bytes"
+        f"local log {data['local_log_bytes']} bytes  codec {cap.get('codec', '?')}"
     )
     if cap.get("last_error"):
         print(f"capture error: {cap['last_error']}")

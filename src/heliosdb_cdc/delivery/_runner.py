@@ -70,11 +70,13 @@ def decode_event(body: bytes) -> dict[str, Any]:
 class _Lane:
     """Events of one lane, in order; the reader appends, the lane task drains in batches."""
 
-    __slots__ = ("items", "ready")
+    __slots__ = ("busy", "index", "items", "ready")
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
         self.items: deque[OutboundEvent] = deque()
         self.ready = asyncio.Event()
+        self.index = index
+        self.busy = False  # a batch of it is being delivered
 
     def put(self, ev: OutboundEvent) -> None:
         self.items.append(ev)
@@ -180,6 +182,12 @@ class StreamRunner:
         self._delivered_buf: list[tuple[str, str, int, float]] = []
         self._skip_ids: set[str] = set()
         self._lanes: list[_Lane | None] = []  # a lane and its task start with its first event
+        # batches on (max_batch > 1): rows pending in a lane -> [lane, events pending] (_place)
+        self._batch = 1
+        self._filling = False
+        self._fill = 0
+        self._idle: set[int] = set()
+        self._key_lanes: dict[tuple[str, bytes], list[int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._resume = asyncio.Event()
@@ -215,6 +223,11 @@ class StreamRunner:
         self.cursor = self._saved_cursor = self._last_read = cursor
         self._stop.clear()
         self._lanes = [None] * max(1, self.sink.lanes)
+        self._batch = max(1, self.sink.max_batch)
+        self._filling = self._batch > 1 and len(self._lanes) > 1  # see _place
+        self._fill = 0
+        self._idle = set()
+        self._key_lanes = {}
         self._tasks = [asyncio.create_task(self._reader(), name=f"{self.name}-reader")]
         self._tasks.append(asyncio.create_task(self._checkpointer(), name=f"{self.name}-ckpt"))
 
@@ -329,6 +342,9 @@ class StreamRunner:
                     continue
                 self._pending.append(rec.seq)
                 assert isinstance(ev, OutboundEvent)
+                if self._filling:
+                    self._place(rec.table, rec.key).put(ev)
+                    continue
                 i = hash((rec.table, rec.key)) % n_lanes
                 (lanes[i] or self._lane_at(i)).put(ev)
             if filtered:
@@ -375,7 +391,10 @@ class StreamRunner:
         self._pending.append(rec.seq)
         n_lanes = len(self._lanes)
         for ev in events:
-            self._lane_at(hash((ev.table, ev.key)) % n_lanes).put(ev)
+            if self._filling:
+                self._place(ev.table, ev.key).put(ev)
+            else:
+                self._lane_at(hash((ev.table, ev.key)) % n_lanes).put(ev)
 
     def _read_event(
         self, rec: Record, table: str, key: bytes, row: dict[str, Any], i: int
@@ -521,21 +540,66 @@ class StreamRunner:
         keeps a few tasks, not 100."""
         lane = self._lanes[i]
         if lane is None:
-            lane = self._lanes[i] = _Lane()
+            lane = self._lanes[i] = _Lane(i)
             self._tasks.append(asyncio.create_task(self._lane(lane), name=f"{self.name}-lane"))
         return lane
+
+    def _place(self, table: str, key: bytes) -> _Lane:
+        """The lane of an event when batches are on (``max_batch > 1``).
+
+        A row whose events are still pending in a lane gets that lane again: one lane
+        sends in order, so the row's changes arrive in commit order. Other rows fill one
+        lane's next batch up to ``max_batch`` before the next lane is used, and go to an
+        idle lane rather than queue behind a batch in flight: batches go out full under
+        load instead of a few events each spread over every lane (by key hash), and at
+        once when there is spare capacity.
+        """
+        k = (table, key)
+        slot = self._key_lanes.get(k)
+        if slot is not None:
+            slot[1] += 1
+            return self._lanes[slot[0]] or self._lane_at(slot[0])
+        i = self._fill
+        lane = self._lanes[i]
+        if lane is not None and (len(lane.items) >= self._batch or (lane.busy and self._idle)):
+            i = self._fill = self._idle.pop() if self._idle else (i + 1) % len(self._lanes)
+        self._key_lanes[k] = [i, 1]
+        return self._lanes[i] or self._lane_at(i)
+
+    def _placed_done(self, batch: list[OutboundEvent]) -> None:
+        """Rows of a finished batch with nothing left pending may go to any lane again."""
+        key_lanes = self._key_lanes
+        for e in batch:
+            k = (e.table, e.key)
+            slot = key_lanes.get(k)
+            if slot is not None:
+                slot[1] -= 1
+                if slot[1] <= 0:
+                    del key_lanes[k]
 
     async def _lane(self, lane: _Lane) -> None:
         max_batch = max(1, self.sink.max_batch)
         items = lane.items
+        filling = self._filling
         while True:
             if not items:
                 lane.ready.clear()
+                if filling:
+                    self._idle.add(lane.index)
                 await lane.ready.wait()
                 continue
             n = min(len(items), max_batch)
             batch = [items.popleft() for _ in range(n)]
-            await self._deliver(batch)
+            if filling:
+                self._idle.discard(lane.index)
+                lane.busy = True
+                try:
+                    await self._deliver(batch)
+                finally:
+                    lane.busy = False
+                self._placed_done(batch)
+            else:
+                await self._deliver(batch)
             groups = self._groups
             for e in batch:
                 seq = e.sequence

@@ -1,5 +1,6 @@
 """PostgreSQL source (capture): sans-IO pgoutput decoding, a thin replication driver, snapshots."""
 
+from ._codec import codec_description, codec_name
 from ._decoder import ChangeDecoder, RelationInfo, TxnEnd, table_name
 from ._protocol import format_lsn, parse_lsn, parse_message
 from ._publication import PublishedTables
@@ -32,6 +33,8 @@ __all__ = [
     "TxnEnd",
     "alter_publication",
     "check_server",
+    "codec_description",
+    "codec_name",
     "connect",
     "debezium_column_rows",
     "emit_table_change",

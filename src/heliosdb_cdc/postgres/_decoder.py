@@ -35,6 +35,7 @@ from .._event import (
     txn_json,
 )
 from .._record import OP_CODES, OP_INSERT, OP_WATERMARK, Record
+from ._codec import load_native, native_module, row_codec
 from ._protocol import (
     UNCHANGED,
     Begin,
@@ -122,6 +123,7 @@ class RelationInfo:
     encoders: list[Encoder]
     heads: list[bytes]  # '"name":' per column, for encoding rows
     insert_head: bytes  # the event's JSON from "operation" to "key" for an INSERT
+    native: Any = None  # the compiled codec of this relation (_codec.row_codec), if in use
 
     @property
     def columns(self) -> list[dict[str, Any]]:
@@ -148,8 +150,14 @@ def table_name(namespace: str, name: str) -> str:
 class ChangeDecoder:
     """Turns pgoutput payloads into events; one instance per replication session."""
 
-    def __init__(self, database: str, next_sequence: int = 1, skip_through_lsn: int = 0) -> None:
+    def __init__(
+        self, database: str, next_sequence: int = 1, skip_through_lsn: int = 0, *, native: bool | None = None
+    ) -> None:
         self.database = database
+        # the compiled codec (None: pure Python); by default as _codec decided for this process
+        self._native = native_module() if native is None else load_native() if native else None
+        self._native_codecs: dict[int, Any] = {}  # relation oid -> its compiled codec
+        self._native_txn: tuple[Any, ...] = ()  # (lsn, xid, time text, its three JSON parts)
         self.next_sequence = next_sequence
         # Transactions whose commit LSN is <= this are already in the local log.
         self.skip_through_lsn = skip_through_lsn
@@ -200,6 +208,11 @@ class ChangeDecoder:
 
     def feed_records(self, payload: bytes) -> list[Record | TxnEnd]:
         """Like :meth:`feed`, with events as :class:`Record` (body and key as JSON)."""
+        tag = payload[:1]
+        if tag and tag in b"IUD" and not self._in_stream and not self._skipping:
+            rec = self._native_record(payload)
+            if rec is not None:
+                return [rec]
         self._as_records = True
         try:
             items = self.feed(payload)
@@ -369,6 +382,18 @@ class ChangeDecoder:
             heads=[dumps(c.name) + b":" for c in rel.columns],
             insert_head=row_json_head("INSERT", self.database, table_name(rel.namespace, rel.name)),
         )
+        info.native = row_codec(
+            self._native,
+            info.names,
+            info.encoders,
+            info.key_idx,
+            self.database,
+            info.table,
+        )
+        if info.native is not None:
+            self._native_codecs[rel.oid] = info.native
+        else:
+            self._native_codecs.pop(rel.oid, None)
         if not info.key_idx and rel.replica_identity != "f":
             self.notices.append(
                 f"table {info.table} has no primary key or replica identity: its events carry "
@@ -599,3 +624,74 @@ class ChangeDecoder:
             f.close()
         out.extend(self._end(msg.commit_lsn, msg.end_lsn, msg.commit_ts_us))
         return out
+
+    # -- the compiled codec (postgres/_codec.py) ------------------------------------
+    def feed_run(self, payloads: list[bytes], start: int, out: list[Any], plain: bool = False) -> int:
+        """The run of INSERT/UPDATE/DELETE messages at ``payloads[start:]`` through the compiled
+        codec in one call: their records appended to ``out`` (plain tuples when ``plain``),
+        the number of payloads taken returned. 0: feed the next one to :meth:`feed_records`
+        (not an I/U/D message, the pure-Python codec, a message the compiled one hands back)."""
+        if self._native is None or self._ts is None or self._in_stream or self._skipping:
+            return 0
+        index = self._index + 1
+        seq = self.next_sequence
+        id_prefix, mid, tail = self._native_parts()
+        k: int = self._native.decode_run(
+            payloads,
+            start,
+            self._native_codecs,
+            id_prefix,
+            index,
+            mid,
+            seq,
+            tail,
+            self._commit_lsn,
+            self._ts_us,
+            None if plain else Record,
+            out,
+        )
+        self._index += k
+        self.next_sequence = seq + k
+        return k
+
+    def _native_parts(self) -> tuple[bytes, bytes, bytes]:
+        """The event JSON around the compiled codec's part, per transaction:
+        ``{"event_id":"evt_<lsn>_`` / ``","timestamp":"...","sequence":`` / ``,"transaction_id":...}``."""
+        lsn, xid, ts_text = self._commit_lsn, self._xid, self._ts_text
+        cached = self._native_txn
+        if cached[:3] != (lsn, xid, ts_text):
+            cached = self._native_txn = (
+                lsn,
+                xid,
+                ts_text,
+                b'{"event_id":"evt_%016x_' % lsn,
+                b'","timestamp":' + dumps(ts_text) + b',"sequence":',
+                b',"transaction_id":' + dumps(f"txn_{xid}") + b"}",
+            )
+        return cached[3], cached[4], cached[5]
+
+    def _native_record(self, buf: bytes) -> Record | None:
+        """An I/U/D message through the compiled codec; None: take the Python path (which
+        is also the one that reports a malformed message)."""
+        if self._ts is None:
+            return None
+        try:
+            (oid,) = _U32.unpack_from(buf, 1)
+            info = self.relations[oid]
+        except (struct.error, KeyError):
+            return None
+        if info.native is None:
+            return None
+        index = self._index + 1
+        seq = self.next_sequence
+        id_prefix, mid, tail = self._native_parts()
+        try:
+            out = info.native.change(buf, id_prefix, index, mid, seq, tail)
+        except Exception:
+            return None  # e.g. a Python encoder refused a value: the Python path raises it
+        if out is None:
+            return None
+        self._index = index
+        self.next_sequence = seq + 1
+        op, key, body = out
+        return Record(seq, self._commit_lsn, self._ts_us, op, info.table, key, body, index)

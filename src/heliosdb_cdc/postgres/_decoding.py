@@ -43,7 +43,16 @@ def decode_batch(decoder: ChangeDecoder, payloads: list[bytes], plain: bool = Fa
     commits: list[tuple[int, int, int, int]] = []
     order: list[int] = []
     feed = decoder.feed_records
-    for payload in payloads:
+    run = decoder.feed_run
+    i, n = 0, len(payloads)
+    while i < n:
+        k = run(payloads, i, events, plain)  # a run of row changes through the compiled codec
+        if k:
+            order += [0] * k
+            i += k
+            continue
+        payload = payloads[i]
+        i += 1
         for item in feed(payload):
             if type(item) is Record:
                 events.append(tuple(item) if plain else item)

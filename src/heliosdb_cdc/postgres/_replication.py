@@ -36,6 +36,7 @@ from .._metrics import (
 )
 from .._record import OP_WATERMARK
 from ..journal import LocalLog
+from ._codec import codec_name
 from ._decoder import ChangeDecoder, RelationInfo, Undecodable, encode_hint
 from ._decoding import DecodedBatch, Decoding, InThread, InWorker
 from ._protocol import Relation, format_lsn, parse_message
@@ -418,6 +419,7 @@ class Capture:
             "undecodable": s.undecodable,
             "last_error": s.last_error,
             "paused_reason": s.paused_reason,
+            "codec": codec_name(),
         }
 
 

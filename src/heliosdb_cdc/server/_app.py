@@ -94,6 +94,7 @@ def build_app(service: WebhookServer) -> web.Application:
             {
                 "status": status,
                 "replication_connected": bool(cap and cap.connected),
+                "codec": service.codec,  # native (compiled) or pure-python
                 "streams": len(service.runners),
                 "source_error": service.source_error or (cap.last_error if cap else None),
             },
