@@ -258,6 +258,8 @@ def test_stale_journal_is_fenced_by_lease_and_by_kafka(
     ja.fence = lambda: None  # a stale writer that would not check: Kafka fences it
     with pytest.raises(StateError, match=r"fenced|epoch"):
         ja.sync_to_disk()
+    with pytest.raises(StateError, match="not open"):  # and stays stopped: no new producer
+        ja.sync_to_disk()
     assert ja.durable.end_lsn == 110
     assert len(_consume(kafka_bootstrap, topic)) == 1
     a.close()

@@ -132,7 +132,13 @@ class KafkaJournal:
         if self._written == self.durable:
             return self.durable
         self.fence()
-        producer = self._open_producer()
+        producer = self._producer
+        if producer is None:  # a failed transaction: only rewind_uncommitted (re-fencing) reopens
+            raise StateError(
+                "Kafka journal: not open (a transaction failed); capture resumes "
+                "from the last published position",
+                topic=self.topic,
+            )
         target = self._written
         try:
             producer.begin_transaction()
