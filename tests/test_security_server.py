@@ -40,6 +40,8 @@ class FakeService:
         self.fatal_error = None
         self.ready = True
         self.codec = "pure-python"
+        self.role = None
+        self.leader = False
         self.store = self
         self.created: list[Any] = []
 

@@ -2,7 +2,7 @@
 
 YAML keys: ``state_dir``, ``state`` (StateConfig), ``source``, ``cdc`` (CdcConfig), ``webhook``
 (WebhookConfig), ``webhooks`` (registrations), ``streams``, ``filters``, ``circuit_breaker``,
-``transformations``, ``delivery``, ``security``, ``logging``. Strings may use
+``transformations``, ``delivery``, ``security``, ``logging``, ``journal`` (JournalConfig). Strings may use
 ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); ``HELIOSDB_CDC_DSN`` fills
 ``source.dsn``. Secrets are :class:`pydantic.SecretStr` and print as ``**********``.
 """
@@ -312,6 +312,41 @@ class StateConfig(_Model):
         return v
 
 
+class KafkaJournalConfig(_Model):
+    """``journal.kafka``: capture publishes every record to this topic (``--role capture``)."""
+
+    bootstrap_servers: str
+    topic: str
+    partitions: int = Field(6, ge=1, le=10_000)
+    replication_factor: int = Field(1, ge=1, le=100)
+    # a standby takes over this long after the leader last renewed its lease
+    lease_secs: float = Field(5.0, ge=1, le=300)
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    options: dict[str, str] = Field(default_factory=dict)  # librdkafka settings (security.protocol...)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,240}", v) or v in (".", ".."):
+            raise ValueError("must be a Kafka topic name: letters, digits, '.', '_', '-' (at most 240)")
+        return v
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: str) -> str:
+        for item in v.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{item.strip()!r} is not host:port (give host:port[,host:port...])")
+        return v
+
+
+class JournalConfig(_Model):
+    """Where capture writes: absent ``kafka``, the local log under ``state_dir``."""
+
+    kafka: KafkaJournalConfig | None = None
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = Field(False, alias="json")
@@ -335,6 +370,7 @@ class Config(_Model):
     delivery: DeliveryConfig = DeliveryConfig()
     security: SecurityConfig = SecurityConfig()
     logging: LoggingConfig = LoggingConfig()
+    journal: JournalConfig = JournalConfig()
     # the guide's top-level ``circuit_breaker:`` block, the same as webhook.circuit_breaker
     circuit_breaker: CircuitBreakerConfig | None = None
 

@@ -84,3 +84,9 @@ class FilterError(CdcError):
 class InvalidName(ConfigError, ValueError):
     """A user-given name breaks the naming rule (docs/api.md, "Names"); the message
     says what is wrong. A :class:`ValueError` too, so model validation reports it."""
+
+
+class LeadershipLost(StateError):
+    """A capture leader found that another instance took over (its lease generation is
+    no longer the current one, or Kafka fenced its producer): it publishes and confirms
+    nothing more and steps down (docs/deployment.md, "Capture HA")."""

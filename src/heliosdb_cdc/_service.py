@@ -123,7 +123,14 @@ class ExactlyOnce:
 class WebhookServer:
     """The heliosdb-cdc service."""
 
-    def __init__(self, config: Config | WebhookConfig | str | Path | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: Config | WebhookConfig | str | Path | None = None,
+        *,
+        role: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        """``role``: None (capture and delivery in one process) or ``"capture"`` (_ha.py)."""
         if config is None:
             config = Config()
         elif isinstance(config, (str, Path)):
@@ -136,6 +143,11 @@ class WebhookServer:
             except ValidationError as exc:
                 raise ConfigError(str(exc)) from None
         self.config: Config = config
+        from ._ha import check_role
+
+        check_role(config, role)
+        self.role = role
+        self.ha: Any = None  # the capture role's leader election (_ha.CaptureRole)
         self.store: Store | None = None
         self.log: LocalLog | None = None
         self.capture: Capture | None = None
@@ -195,8 +207,16 @@ class WebhookServer:
             await self.stop()  # the HTTP listener, the local log and the store are open
             raise
 
+    @property
+    def leader(self) -> bool | None:
+        """With ``--role capture``: whether this instance leads capture; else None."""
+        return bool(self.ha.leader) if self.ha is not None else None
+
     async def _start(self, serve_http: bool) -> None:
         cfg = self.config
+        if self.role == "capture":
+            await self._start_capture_role(serve_http)
+            return
         if serve_http:
             from .server import check_http_security
 
@@ -254,8 +274,30 @@ class WebhookServer:
         self._started = True
         log.info("heliosdb-cdc running: %d stream(s)", len(self.runners))
 
+    async def _start_capture_role(self, serve_http: bool) -> None:
+        """Capture only, into the Kafka journal, while this instance holds the lease."""
+        from ._ha import CaptureRole
+
+        if serve_http:
+            from .server import check_http_security
+
+            check_http_security(self.config)
+        self.store = open_store(self.config)
+        await self._reconcile_config()
+        if serve_http:
+            from .server import start_http
+
+            self._http = await start_http(self)
+        self.ha = CaptureRole(self)
+        await self.ha.start()
+        self._started = True
+        log.info("heliosdb-cdc running: role capture (%s)", self.ha.holder)
+
     async def stop(self) -> None:
         """Drain in-flight deliveries, checkpoint, stop capture."""
+        if self.ha is not None:
+            await self.ha.stop()
+            self.ha = None
         for snap in self.snapshots.values():
             await snap.stop()
         self.snapshots.clear()
@@ -318,12 +360,13 @@ class WebhookServer:
     def _check_slot(self, conn: Any) -> None:
         """Create the slot, unless this state directory read from it before: then a missing
         slot means the changes committed since it went are lost, and we refuse to go on."""
-        assert self.store is not None and self.log is not None
+        assert self.store is not None
         slot = self.config.source.slot
         key = f"slot:{slot}"
         known = self.store.get_meta(key)
-        if known is None and self.log.durable.end_lsn > 0:
-            known = format_lsn(self.log.durable.end_lsn)  # a state directory from before the marker
+        end_lsn = self.log.durable.end_lsn if self.log is not None else 0  # (no log: --role capture)
+        if known is None and end_lsn > 0:
+            known = format_lsn(end_lsn)  # a state directory from before the marker
         if ensure_slot(conn, slot, create=known is None or self._resnapshot):
             if known is not None:
                 log.warning(
@@ -331,9 +374,9 @@ class WebhookServer:
                     "are re-read with a snapshot (--resnapshot)",
                     slot,
                 )
-            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "created")
+            self.store.set_meta(key, format_lsn(end_lsn) or "created")
         elif known is None:
-            self.store.set_meta(key, format_lsn(self.log.durable.end_lsn) or "existing")
+            self.store.set_meta(key, format_lsn(end_lsn) or "existing")
 
     async def _start_resnapshot(self) -> None:
         """``run --resnapshot``: a snapshot of every stream's tables, alongside the live stream."""

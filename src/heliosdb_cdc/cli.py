@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="re-read every captured table with a snapshot (after a lost replication slot)",
     )
+    run.add_argument(
+        "--role",
+        choices=["capture"],
+        default=None,
+        help="capture: capture only, into journal.kafka, one leader among the instances "
+        "(default: capture and delivery in one process)",
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("-c", "--config", default="heliosdb-cdc.yaml")
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _run(args.config, args.resnapshot)
+            return _run(args.config, args.resnapshot, args.role)
         if args.command == "check-config":
             from ._config import load_config
             from ._preflight import preflight
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _run(path: str, resnapshot: bool = False) -> int:
+def _run(path: str, resnapshot: bool = False, role: str | None = None) -> int:
     from ._config import load_config
     from ._logging import setup_logging
     from ._preflight import preflight
@@ -110,10 +117,13 @@ def _run(path: str, resnapshot: bool = False) -> int:
 
     cfg = load_config(path)
     preflight(cfg)  # the same checks as check-config, before any connection
+    from ._ha import check_role
+
+    check_role(cfg, role)  # what --role needs (state.url, journal.kafka), before any connection
     setup_logging(cfg.logging.level, cfg.logging.json_logs)
 
     async def main() -> int:
-        server = WebhookServer(cfg)
+        server = WebhookServer(cfg, role=role)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,9 @@ Neither side imports the other. See docs/architecture.md ("Layers", "The local l
 
 from .._record import OP_CODES, OP_NAMES, OP_WATERMARK, Record
 from ._chunk import Chunk
+from ._kafka import KafkaJournal, message_key
 from ._locallog import FileSystem, LocalLog, Position
+from ._writer import JournalWriter
 
 __all__ = [
     "OP_CODES",
@@ -16,7 +18,10 @@ __all__ = [
     "OP_WATERMARK",
     "Chunk",
     "FileSystem",
+    "JournalWriter",
+    "KafkaJournal",
     "LocalLog",
     "Position",
     "Record",
+    "message_key",
 ]

@@ -26,7 +26,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 
-from .._errors import SourceError, StateError
+from .._errors import LeadershipLost, SourceError, StateError
 from .._metrics import (
     CAPTURE_UNDECODABLE,
     CONFIRMED_LSN,
@@ -35,7 +35,7 @@ from .._metrics import (
     REPLICATION_UP,
 )
 from .._record import OP_WATERMARK
-from ..journal import LocalLog
+from ..journal import JournalWriter
 from ._codec import codec_name
 from ._decoder import ChangeDecoder, RelationInfo, Undecodable, encode_hint
 from ._decoding import DecodedBatch, Decoding, InThread, InWorker
@@ -62,6 +62,8 @@ class CaptureStatus:
     paused_reason: str | None = None
     # an error retrying cannot fix (the slot is gone): capture stopped, the service must too
     fatal: str | None = None
+    # another instance leads capture now (journal.kafka): this one stopped, without confirming
+    stepped_down: str | None = None
     received_lsn: int = 0
     confirmed_lsn: int = 0
     last_commit_ts_us: int = 0
@@ -80,7 +82,7 @@ class Capture:
         slot: str,
         publication: str,
         database: str,
-        log_: LocalLog,
+        log_: JournalWriter,
         batch_size: int = 1000,
         poll_interval_ms: int = 50,
         max_log_bytes: int = 10 * 1024**3,
@@ -148,6 +150,10 @@ class Capture:
                     self._close_conn()
                     return
                 self._retry_error(exc)
+            except LeadershipLost as exc:
+                self.status.stepped_down = str(exc)
+                log.warning("capture stopped: %s", exc)
+                return
             except (SourceError, StateError, OSError) as exc:
                 self._retry_error(exc)
             except Exception:  # a bug must not kill capture silently

@@ -90,16 +90,17 @@ def build_app(service: WebhookServer) -> web.Application:
         # 503 while starting (the source is retried: source_error says why) or after an
         # error retrying cannot fix (the service is about to exit)
         status = "failed" if service.fatal_error else "ok" if service.ready else "starting"
-        return _json(
-            {
-                "status": status,
-                "replication_connected": bool(cap and cap.connected),
-                "codec": service.codec,  # native (compiled) or pure-python
-                "streams": len(service.runners),
-                "source_error": service.source_error or (cap.last_error if cap else None),
-            },
-            200 if status == "ok" else 503,
-        )
+        body: dict[str, Any] = {
+            "status": status,
+            "role": service.role or "all",
+            "replication_connected": bool(cap and cap.connected),
+            "codec": service.codec,  # native (compiled) or pure-python
+            "streams": len(service.runners),
+            "source_error": service.source_error or (cap.last_error if cap else None),
+        }
+        if service.role == "capture":
+            body["leader"] = bool(service.leader)  # a standby is healthy too: it waits
+        return _json(body, 200 if status == "ok" else 503)
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:

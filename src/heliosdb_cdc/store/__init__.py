@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._base import Store
+from ._lease import Lease
 from ._postgres import DEFAULT_SCHEMA, PostgresStore
 from ._sqlite import SCHEMA_VERSION, SQLiteStore, sink_mark_key
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SCHEMA",
     "SCHEMA_VERSION",
+    "Lease",
     "PostgresStore",
     "SQLiteStore",
     "Store",
