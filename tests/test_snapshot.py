@@ -99,6 +99,7 @@ class Endpoint:
     def __init__(self, receiver: Receiver, reads_until_down: int | None = None) -> None:
         self.refused: list[dict[str, Any]] = []
         self.down = False
+        self.hold_reads = False  # refuse READ events only: a chunk cannot complete
         self.accepted_reads = 0
         self.reads_until_down = reads_until_down
         receiver.respond = self._respond
@@ -108,7 +109,7 @@ class Endpoint:
         events = body if isinstance(body, list) else [body]
         if self.reads_until_down is not None and self.accepted_reads >= self.reads_until_down:
             self.down = True
-        if self.down:
+        if self.down or (self.hold_reads and any(e["operation"] == "READ" for e in events)):
             self.refused.extend(events)
             return 503
         self.accepted_reads += sum(e["operation"] == "READ" for e in events)
@@ -161,15 +162,16 @@ async def test_initial_snapshot_under_write_load(
         writer = asyncio.create_task(asyncio.to_thread(storm, items, stop, 1, count))
         try:
             await until(lambda: count.n >= 20, "the writer to start")
-            # the endpoint is down: the first chunk is read and cannot complete, so the
-            # snapshot is still running while the writer goes on
-            endpoint.down = True
+            # the endpoint refuses READ events: the first chunk is read and cannot complete,
+            # so the snapshot is still running while the writer goes on (holding every event
+            # would leave the lanes' heads to retried live events, and no READ would reach it)
+            endpoint.hold_reads = True
             await server.create_stream(stream(receiver))
             await until(endpoint.refused_reads, "the first chunk's READ events")
             during = count.n
             await until(lambda: count.n >= during + 100, "100 writes while the snapshot runs")
             assert server.snapshot_status("items_hook")["state"] == "running"  # type: ignore[index]
-            endpoint.down = False
+            endpoint.hold_reads = False
             st = await wait_snapshot(server, "items_hook")
         finally:
             stop.set()

@@ -140,11 +140,12 @@ async def test_service_with_state_in_postgres_survives_kill_9(
 def test_deployment_guide_examples_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     import re
 
-    for var in ("CDC_PASSWORD", "STATE_PASSWORD", "WEBHOOK_SECRET"):
+    for var in ("CDC_PASSWORD", "STATE_PASSWORD", "WEBHOOK_SECRET", "ADMIN_TOKEN"):
         monkeypatch.setenv(var, "x")
     text = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
-    assert len(blocks) == 2
-    sqlite, postgres = (config_from_dict(yaml.safe_load(b)) for b in blocks)
+    assert len(blocks) >= 2
+    configs = [config_from_dict(yaml.safe_load(b)) for b in blocks]  # every example is valid
+    sqlite, postgres = configs[0], configs[1]
     assert sqlite.state.url is None
     assert postgres.state.url is not None and postgres.state.schema_name == "heliosdb_cdc"

@@ -180,16 +180,23 @@ fn timestamp(b: &[u8], out: &mut Vec<u8>) -> bool {
         json_str(b, out);
         return true;
     }
-    match b.iter().position(|&c| c == b' ') {
-        Some(i) => {
-            let mut t = Vec::with_capacity(b.len());
-            t.extend_from_slice(&b[..i]);
-            t.push(b'T');
-            t.extend_from_slice(&b[i + 1..]);
-            json_str(&t, out);
-        }
-        None => json_str(b, out),
+    // PostgreSQL's shape, as the Python encoder reads it: the date's first dash (after the
+    // year's first digit), then `-MM-DD` and a space; anything else goes to Python
+    if !s.is_ascii() {
+        return false;
     }
+    let Some(dash) = b.iter().skip(1).position(|&c| c == b'-').map(|i| i + 1) else {
+        return false;
+    };
+    let i = dash + 6;
+    if b.len() <= i || b[i] != b' ' {
+        return false;
+    }
+    let mut t = Vec::with_capacity(b.len());
+    t.extend_from_slice(&b[..i]);
+    t.push(b'T');
+    t.extend_from_slice(&b[i + 1..]);
+    json_str(&t, out);
     true
 }
 
