@@ -645,6 +645,7 @@ class StreamRunner:
                 attempts,
                 first_at,
                 now,
+                self._default_event(ev),
             )
             for ev, error, attempts in items
         ]
@@ -652,6 +653,17 @@ class StreamRunner:
         self.stats.failed += len(items)
         self.stats.dead_lettered += len(items)
         self._m_dead.inc(len(items))
+
+    def _default_event(self, ev: OutboundEvent) -> bytes | None:
+        """What a replay formats again, when the stream has a format: the default event
+        (a formatted body has lost the rest: CloudEvents headers, Debezium's tombstone)."""
+        from .._event import dumps
+
+        if self.formatter is None:
+            return None
+        # ev.event is set whenever a format ran; without it (the event could not be shaped)
+        # the body is still the stored default event
+        return dumps(ev.event) if ev.event is not None else ev.body
 
     # -- checkpoints ------------------------------------------------------------------
     async def _checkpointer(self) -> None:
