@@ -690,7 +690,15 @@ class StreamRunner:
         # read with the cursor, before any await: the sink's mark matches this cursor
         mark = self.sink.resume_mark(cursor) if self.sink.resumes_by_mark else None
         meta = {sink_mark_key(self.name): mark} if mark is not None else None
-        await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
+        try:
+            await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
+        except BaseException:
+            # not saved: the delivery records go back (before those finished meanwhile), or a
+            # restart after the next checkpoint would send their events again; and the next
+            # checkpoint is due even if no other event finishes
+            self._delivered_buf[:0] = buf
+            self._dirty.set()
+            raise
         self._saved_cursor = max(cursor, self._saved_cursor)
         STREAM_CURSOR.labels(self.name).set(self._saved_cursor)
         CHECKPOINT_TIME.labels(self.name).set(time.time())
