@@ -69,7 +69,7 @@ async def test_cloudevents_binary_replay_keeps_ce_headers(pg_db: PgDatabase, tmp
     assert ce["ce-id"] == event["event_id"] == dead["event_id"]
     assert ce["ce-source"] == f"/heliosdb-cdc/{pg_db.name}/items"
     assert ce["ce-type"] == "io.heliosdb.cdc.insert"
-    assert ce["ce-subject"] == '{%22id%22:1}'  # percent-encoded, as the HTTP binding says
+    assert ce["ce-subject"] == "{%22id%22:1}"  # percent-encoded, as the HTTP binding says
     assert b'"price":1234567.89' in replayed.body
     assert verify_signature(replayed.body, replayed.headers["X-HeliosDB-Signature"], SECRET)
     assert receiver.bad_signatures == 0
