@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from json.decoder import scanstring
 from typing import Any
 
 from .._event import EVENT_FIELDS, JsonText
@@ -40,11 +39,12 @@ def _object(text: str, i: int, raw: bool) -> tuple[dict[str, Any], int]:
     while True:
         if text[i] != '"':
             raise ValueError(f"expected a member name at {i}")
-        name, i = scanstring(text, i + 1)
+        name, i = _DECODER.raw_decode(text, i)
         i = _ws(text, i)
         if text[i] != ":":
             raise ValueError(f"expected ':' at {i}")
         start = _ws(text, i + 1)
+        value: Any
         if not raw and name in _ROWS and text.startswith("{", start):
             value, end = _object(text, start, True)
         else:
