@@ -508,3 +508,30 @@ def test_decode_errors_cross_the_worker_boundary_with_their_context() -> None:
 
     err = pickle.loads(pickle.dumps(DecodeError("truncated 'I' message", offset=12, oid=99)))
     assert isinstance(err, DecodeError) and str(err) == "truncated 'I' message (offset=12, oid=99)"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_truncate_of_unknown_relation_is_dead_lettered_and_capture_goes_on(streamed: bool) -> None:
+    # ORDERS is described, 999 never was: ORDERS' TRUNCATE still arrives, 999's is a dead letter
+    trunc = b.truncate([999, ORDERS], xid=9 if streamed else None)
+    if streamed:
+        msgs = [orders_rel(), b.stream_start(9), trunc, b.stream_stop(), b.stream_commit(9, 0x10, 0x18, TS)]
+    else:
+        msgs = [orders_rel(), b.begin(0x10, TS, 1), trunc, b.insert(ORDERS, ["2", "x", "1"]),
+                b.commit(0x10, 0x18, TS)]  # fmt: skip
+    for records in (False, True):
+        dec = ChangeDecoder("db")
+        out = [x for m in msgs for x in (dec.feed_records(m) if records else dec.feed(m))]
+        (bad,) = dec.undecodable
+        assert bad.table == "relation oid 999" and bad.operation == "TRUNCATE"
+        assert "TRUNCATE of a relation that was never described" in bad.error
+        assert bad.payload == trunc and bad.event_id == "evt_0000000000000010_000001"
+        assert any("TRUNCATE on relation oid 999" in n for n in dec.notices)
+        changes = [x for x in out if isinstance(x, (CdcEvent, Record))]
+        assert len(changes) == (1 if streamed else 2)
+        first = changes[0]
+        assert first.table == "orders"
+        if isinstance(first, Record):
+            assert orjson.loads(first.body)["operation"] == "TRUNCATE"
+        else:
+            assert first.operation is OperationType.TRUNCATE and first.event_id.endswith("_000002")

@@ -187,6 +187,14 @@ def _dl(stream: str, event_id: str, seq: int) -> tuple[object, ...]:
     )
 
 
+def test_dead_letter_keeps_the_default_event_of_a_formatted_body(store: Store) -> None:
+    # a formatted body (Debezium, CloudEvents) is stored with the default event it came from
+    store.add_dead_letters([(*_dl("a", "e1", 1)[:7], b'{"op":"c"}', *_dl("a", "e1", 1)[8:], b'{"a":1}')])
+    full = store.get_dead_letter(store.list_dead_letters("a")[0]["id"])
+    assert full is not None
+    assert (full["body"], full["event"]) == (b'{"op":"c"}', b'{"a":1}')
+
+
 def test_dead_letters(store: Store) -> None:
     store.add_dead_letters([_dl("a", "e1", 1), _dl("a", "e2", 2), _dl("b", "e3", 3)])
     assert store.count_dead_letters() == 3
@@ -198,6 +206,7 @@ def test_dead_letters(store: Store) -> None:
     full = store.get_dead_letter(rows[0]["id"])
     assert full is not None
     assert (full["key"], full["body"], full["stream"]) == (b"k", b'{"a":1}', "a")
+    assert full["event"] is None
     assert store.get_dead_letter(10_000) is None
     assert store.delete_dead_letters(ids=[rows[0]["id"], 10_000]) == 1
     assert store.count_dead_letters() == 2
@@ -282,7 +291,7 @@ def test_old_schema_is_upgraded(tmp_path: Path) -> None:
     db.commit()
     db.close()
     s = SQLiteStore(tmp_path / "state")
-    assert s.schema_version == 2
+    assert s.schema_version == SCHEMA_VERSION
     assert "snapshots" in tables(s.path)
     assert s.get_cursor("s") == 5  # data kept
     s.close()
@@ -367,7 +376,9 @@ def test_pg_schema_of_its_own(pg_db: PgDatabase) -> None:
     assert _tables_in(pg_db, "heliosdb_cdc") == want
     assert _tables_in(pg_db, "other_state") == want
     assert _tables_in(pg_db, "public") == set()
-    assert pg_db.execute("SELECT version FROM heliosdb_cdc.schema_migrations") == [(_postgres.SCHEMA_VERSION,)]
+    assert pg_db.execute("SELECT version FROM heliosdb_cdc.schema_migrations ORDER BY version") == [
+        (v,) for v in range(1, _postgres.SCHEMA_VERSION + 1)
+    ]
     a.close()
     b.close()
 

@@ -1084,6 +1084,15 @@ class WebhookServer:
             ev = OutboundEvent(
                 full["event_id"], full["seq"], full["table"], full["operation"], full["key"], full["body"], ""
             )
+            try:
+                formatted = _reformat(runner, ev, full.get("event"))
+            except Exception as exc:  # kept, with the reason in the log
+                fmt = getattr(runner.formatter, "name", "")
+                log.warning("dead letter %s not replayed: format %s failed: %s", r["id"], fmt, exc)
+                continue
+            if not formatted:
+                done.append(r["id"])  # the stream's format now skips it (Debezium: TRUNCATE)
+                continue
             results = await runner.sink.send([ev])
             if results[0].ok:
                 self.store.checkpoint(
@@ -1095,6 +1104,21 @@ class WebhookServer:
         if done:
             self.store.delete_dead_letters(done)
         return len(done)
+
+
+def _reformat(runner: Any, ev: Any, event_json: bytes | None) -> bool:
+    """A dead letter as its stream sends it: the stream's format applied to the stored
+    default event again (CloudEvents headers, Debezium key and tombstone), else the stored
+    body as is. False when the format skips the event; a format error is raised."""
+    if event_json is None or runner.formatter is None:
+        return True
+    from ._event import parse_event_id
+    from .delivery._runner import decode_event
+
+    event = decode_event(event_json)
+    ev.event = event
+    lsn = parse_event_id(ev.event_id).commit_lsn
+    return bool(runner._apply_format(ev, event, lsn))
 
 
 def _named_tables(names: list[str]) -> frozenset[str]:

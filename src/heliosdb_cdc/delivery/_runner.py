@@ -709,6 +709,7 @@ class StreamRunner:
                 attempts,
                 first_at,
                 now,
+                self._default_event(ev),
             )
             for ev, error, attempts in items
         ]
@@ -716,6 +717,17 @@ class StreamRunner:
         self.stats.failed += len(items)
         self.stats.dead_lettered += len(items)
         self._m_dead.inc(len(items))
+
+    def _default_event(self, ev: OutboundEvent) -> bytes | None:
+        """What a replay formats again, when the stream has a format: the default event
+        (a formatted body has lost the rest: CloudEvents headers, Debezium's tombstone)."""
+        from .._event import dumps
+
+        if self.formatter is None:
+            return None
+        # ev.event is set whenever a format ran; without it (the event could not be shaped)
+        # the body is still the stored default event
+        return dumps(ev.event) if ev.event is not None else ev.body
 
     # -- checkpoints ------------------------------------------------------------------
     async def _checkpointer(self) -> None:
@@ -742,7 +754,15 @@ class StreamRunner:
         # read with the cursor, before any await: the sink's mark matches this cursor
         mark = self.sink.resume_mark(cursor) if self.sink.resumes_by_mark else None
         meta = {sink_mark_key(self.name): mark} if mark is not None else None
-        await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
+        try:
+            await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
+        except BaseException:
+            # not saved: the delivery records go back (before those finished meanwhile), or a
+            # restart after the next checkpoint would send their events again; and the next
+            # checkpoint is due even if no other event finishes
+            self._delivered_buf[:0] = buf
+            self._dirty.set()
+            raise
         self._saved_cursor = max(cursor, self._saved_cursor)
         STREAM_CURSOR.labels(self.name).set(self._saved_cursor)
         CHECKPOINT_TIME.labels(self.name).set(time.time())

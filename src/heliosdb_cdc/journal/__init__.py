@@ -8,6 +8,7 @@ Neither side imports the other. See docs/architecture.md ("Layers", "The local l
 
 from .._record import OP_CODES, OP_NAMES, OP_WATERMARK, Record
 from ._chunk import Chunk
+from ._durable import read_file, replace_file
 from ._kafka import KafkaJournal, message_key
 from ._locallog import FileSystem, LocalLog, Position
 from ._writer import JournalWriter
@@ -24,4 +25,6 @@ __all__ = [
     "Position",
     "Record",
     "message_key",
+    "read_file",
+    "replace_file",
 ]

@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from .._errors import StateError
 from .._record import OP_NAMES, Record
-from ._locallog import Position
+from ._locallog import FileSystem, Position
 
 log = logging.getLogger("heliosdb_cdc.journal.kafka")
 
@@ -82,6 +82,7 @@ class KafkaJournal:
         self.position_topic = f"{topic}-position"
         self.slot = slot
         self.dir = Path(directory)
+        self.fs = FileSystem()  # capture's small files in ``dir``
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.generation = generation

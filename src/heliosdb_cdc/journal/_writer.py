@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .._record import Record
-from ._locallog import Position
+from ._locallog import FileSystem, Position
 
 
 class JournalWriter(Protocol):
@@ -21,6 +21,11 @@ class JournalWriter(Protocol):
     @property
     def dir(self) -> Path:
         """A local directory for capture's own small files (the known table schemas)."""
+        ...
+
+    @property
+    def fs(self) -> FileSystem:
+        """The file operations for those files (fsync, rename: a power cut leaves old or new)."""
         ...
 
     @property

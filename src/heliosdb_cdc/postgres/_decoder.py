@@ -204,6 +204,8 @@ class ChangeDecoder:
         if self._in_stream and isinstance(msg, Truncate):
             self._spool(payload, msg.xid or self._stream_xid)
             return []
+        if isinstance(msg, Truncate):
+            return [] if self._skipping else self._truncate(msg, payload, False)
         return self._handle(msg)
 
     def feed_records(self, payload: bytes) -> list[Record | TxnEnd]:
@@ -256,16 +258,31 @@ class ChangeDecoder:
             self._undecodable_row(payload, in_stream, exc)
             return []
 
-    def _undecodable_row(self, payload: bytes, in_stream: bool, exc: Exception) -> None:
-        self._index += 1
-        table = ""
-        try:
-            (oid,) = _U32.unpack_from(payload, 5 if in_stream else 1)
+    def _truncate(self, msg: Truncate, payload: bytes, in_stream: bool) -> list[Any]:
+        """A TRUNCATE's events, one per relation; a relation never described goes to
+        :attr:`undecodable` (with the message) and the others still arrive."""
+        out: list[Any] = []
+        for oid in msg.relation_oids:
             info = self.relations.get(oid)
-            table = info.table if info is not None else f"relation oid {oid}"
-        except struct.error:
-            pass
-        op = {b"I": "INSERT", b"U": "UPDATE", b"D": "DELETE"}.get(payload[:1], "?")
+            if info is None:
+                exc = DecodeError("TRUNCATE of a relation that was never described", oid=oid)
+                self._undecodable_row(payload, in_stream, exc, table=f"relation oid {oid}", op="TRUNCATE")
+                continue
+            out.append(self._make(info, OperationType.TRUNCATE, {}, None, None))
+        return out
+
+    def _undecodable_row(
+        self, payload: bytes, in_stream: bool, exc: Exception, table: str = "", op: str = ""
+    ) -> None:
+        self._index += 1
+        if not table:
+            try:
+                (oid,) = _U32.unpack_from(payload, 5 if in_stream else 1)
+                info = self.relations.get(oid)
+                table = info.table if info is not None else f"relation oid {oid}"
+            except struct.error:
+                pass
+        op = op or {b"I": "INSERT", b"U": "UPDATE", b"D": "DELETE"}.get(payload[:1], "?")
         error = f"{type(exc).__name__}: {exc}"
         self.undecodable.append(
             Undecodable(event_id(self._commit_lsn, self._index), self._commit_lsn, table, op, payload, error)
@@ -617,7 +634,7 @@ class ChangeDecoder:
                 if raw[:1] == b"T":
                     m = parse_message(raw, True)
                     assert isinstance(m, Truncate)
-                    out.extend(self._change(m))
+                    out.extend(self._truncate(m, raw, True))
                 else:
                     out.extend(self._row_change(raw, True))
         if f is not None:

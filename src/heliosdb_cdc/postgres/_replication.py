@@ -11,7 +11,6 @@ end by itself, which is safe: nothing unconfirmed lies before it.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import threading
 import time
@@ -35,7 +34,7 @@ from .._metrics import (
     REPLICATION_UP,
 )
 from .._record import OP_WATERMARK
-from ..journal import JournalWriter
+from ..journal import FileSystem, JournalWriter, read_file, replace_file
 from ._codec import codec_name
 from ._decoder import ChangeDecoder, RelationInfo, Undecodable, encode_hint
 from ._decoding import DecodedBatch, Decoding, InThread, InWorker
@@ -388,17 +387,15 @@ class Capture:
         return self.log.dir / "schemas.json"
 
     def _load_schemas(self) -> dict[str, list[dict[str, Any]]]:
-        try:
-            data: dict[str, list[dict[str, Any]]] = orjson.loads(self._schemas_path.read_bytes())
-            return data
-        except (OSError, ValueError):
-            return {}
+        """The table schemas capture last saw (to tell a SCHEMA_CHANGE); empty when the file
+        is missing or unreadable: relations are then learned again from the stream (pgoutput
+        describes each relation before its first change), with a warning."""
+        return load_schemas(self.log.fs, self._schemas_path)
 
     def _save_schemas(self, schemas: dict[str, list[dict[str, Any]]]) -> None:
-        """Written after the log is durable, so a replay never misses a SCHEMA_CHANGE."""
-        tmp = self._schemas_path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(schemas))
-        os.replace(tmp, self._schemas_path)
+        """Written after the log is durable, so a replay never misses a SCHEMA_CHANGE;
+        whole (fsynced, then renamed), so a power cut leaves the old file or the new."""
+        replace_file(self.log.fs, self._schemas_path, orjson.dumps(schemas))
 
     def _backpressure(self, cur: Any) -> None:
         reason = (
@@ -433,3 +430,29 @@ def _slot_missing(exc: psycopg2.Error, slot: str) -> bool:
     """The server says our replication slot does not exist (it was dropped)."""
     text = str(exc)
     return f'replication slot "{slot}" does not exist' in text
+
+
+def load_schemas(fs: FileSystem, path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``schemas.json`` as saved; empty (logged) when missing, unreadable or not a schema map."""
+    try:
+        raw = read_file(fs, path)
+    except OSError as exc:
+        log.warning("capture: cannot read %s (%s); relations are learned again from the stream", path, exc)
+        return {}
+    if raw is None:
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except ValueError as exc:
+        data, problem = None, str(exc)
+    else:
+        problem = "not a JSON object of column lists"
+    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        return data
+    log.warning(
+        "capture: %s is unreadable (%s); relations are learned again from the stream, and a "
+        "schema change made while capture was stopped is not reported as SCHEMA_CHANGE",
+        path,
+        problem,
+    )
+    return {}

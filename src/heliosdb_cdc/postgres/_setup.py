@@ -201,12 +201,21 @@ def ensure_publication(
 
 
 def _publication_privilege_error(
-    conn: psycopg2.extensions.connection, publication: str, exc: psycopg2.Error
+    conn: psycopg2.extensions.connection,
+    publication: str,
+    exc: psycopg2.Error,
+    tables: Iterable[str] = (),
 ) -> SourceFatalError:
     text = one_line(exc.pgerror or str(exc)).removeprefix("ERROR: ").strip()
     user = sql.Identifier(conn.info.user).as_string(conn)
     pub = sql.Identifier(publication).as_string(conn)
-    if "owner of publication" in text:
+    named = ", ".join(sql.Identifier(*split_table(t)).as_string(conn) for t in tables)
+    if "owner of table" in text and named:  # adding a stream's tables at runtime
+        fix = (
+            f"have the table's owner run ALTER TABLE ... OWNER TO {user}; or "
+            f"ALTER PUBLICATION {pub} ADD TABLE {named}; themselves, then create the stream again"
+        )
+    elif "owner of publication" in text:
         fix = (
             f"run ALTER PUBLICATION {pub} OWNER TO {user}; as its owner, "
             f"or set source.publication to one {user} owns"
@@ -276,6 +285,16 @@ def alter_publication(
     add, drop = sorted(set(add)), sorted(set(drop))
     if not add and not drop:
         return [], []
+    try:
+        return _alter_publication(conn, publication, add, drop)
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        # a clear refusal naming the fix (a 4xx to the CREATE/DROP), as at start
+        raise _publication_privilege_error(conn, publication, exc, add or drop) from None
+
+
+def _alter_publication(
+    conn: psycopg2.extensions.connection, publication: str, add: list[str], drop: list[str]
+) -> tuple[list[str], list[str]]:
     with conn.cursor() as cur:
         cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
         row = cur.fetchone()

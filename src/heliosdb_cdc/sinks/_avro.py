@@ -44,6 +44,7 @@ Encodings (see docs/avro.md for decoders):
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import struct
@@ -59,6 +60,8 @@ import orjson
 from fastavro.schema import to_parsing_canonical_form
 
 from .._errors import SinkError
+from .._event import JsonText
+from ._rawjson import exact_event
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -179,7 +182,9 @@ def _kind_from_value(value: Any) -> _Kind:
         return _Kind("boolean", "bool")
     if isinstance(value, int):
         return _Kind("long", "int")
-    if isinstance(value, float):
+    if isinstance(value, (float, Decimal)):
+        # a number with a fraction, however the event was read (a double, as ever: the
+        # column's type, when given, makes numeric a decimal or a string with every digit)
         return _Kind("double", "float")
     if isinstance(value, (dict, list)):
         return _Kind("string", "json", (("heliosdb.encoding", "json"),))
@@ -307,6 +312,10 @@ def _convert(conv: str, v: Any) -> Any:
 def _convert_value(conv: str, v: Any) -> Any:
     if v is None:
         return None
+    if isinstance(v, JsonText):  # the value's text in the stored event (sinks/_rawjson.py)
+        if conv in ("json", "numeric_str") and not v.text.startswith('"'):
+            return v.text  # exactly as PostgreSQL wrote it: every digit, duplicate keys
+        v = v.parse()
     if conv == "int":
         return int(v)
     if conv == "float":
@@ -326,6 +335,8 @@ def _convert_value(conv: str, v: Any) -> Any:
             return str(v)
         return d if d.is_finite() else str(v)
     if conv == "numeric_str":
+        if isinstance(v, Decimal) and v.is_finite():
+            return format(v, "f")  # positional, every digit (str() would say 9.9E-7)
         return str(v)
     if conv == "timestamp":
         if isinstance(v, datetime):
@@ -352,8 +363,11 @@ def _convert_value(conv: str, v: Any) -> Any:
 
 
 def _json_default(obj: Any) -> Any:
+    if isinstance(obj, JsonText):
+        return orjson.Fragment(obj.text)
     if isinstance(obj, Decimal):
-        return str(obj)
+        # a JSON number with every digit, as in the JSON event (not a string)
+        return orjson.Fragment(format(obj, "f")) if obj.is_finite() else str(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(obj)).decode()
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
@@ -443,6 +457,8 @@ def _columns_from_event(event: Mapping[str, Any]) -> list[dict[str, Any]]:
     for part in ("value", "old_value", "key"):
         row = event.get(part) or {}
         for name, v in row.items():
+            if isinstance(v, JsonText):
+                v = v.parse()
             c = cols.setdefault(name, {"name": name, "sample": None, "key": name in key})
             if c["sample"] is None and v is not None:
                 c["sample"] = v
@@ -656,7 +672,11 @@ class AvroEncoder:
         return self.registry.set_columns(table, columns)
 
     def schema_for(self, ev: Any) -> tuple[AvroSchema, dict[str, Any]]:
-        event = ev.event if ev.event is not None else orjson.loads(ev.body)
+        # the stored event read exactly (json text, every digit); the decoded event when
+        # the body is not the default event (a transformation's output)
+        event = exact_event(ev.body)
+        if event is None or (ev.event is not None and event.get("event_id") != ev.event.get("event_id")):
+            event = ev.event if ev.event is not None else json.loads(ev.body, parse_float=Decimal)
         return self.registry.schema_for_event(event), event
 
     async def encode(self, ev: Any) -> tuple[bytes, dict[str, str]]:

@@ -28,7 +28,7 @@ from ._sqlite import CAPTURE_STREAM, sink_mark_key
 T = TypeVar("T")
 
 DEFAULT_SCHEMA = "heliosdb_cdc"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 # ``{s}`` is the quoted schema name. Version 1 holds what SQLite's version 2 holds, plus
@@ -89,6 +89,8 @@ MIGRATIONS: dict[int, list[str]] = {
             error text
         )""",
     ],
+    # the default event of a dead letter whose body the stream's format made (replay formats it again)
+    2: ["ALTER TABLE {s}.dead_letters ADD COLUMN event bytea"],
 }
 
 _STREAM_COLS = "name, config, state, origin, created_at, last_error, last_error_at"
@@ -389,16 +391,26 @@ class PostgresStore:
     # -- dead letters ------------------------------------------------------------
     def add_dead_letters(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """rows: (stream, endpoint, event_id, seq, table, operation, key, body, error,
-        attempts, first_attempt_at, last_attempt_at)."""
+        attempts, first_attempt_at, last_attempt_at[, event]); ``event``: the default event
+        when ``body`` is its formatted form (debezium, cloudevents), else None."""
 
         def run(cur: Cursor) -> None:
-            values = [(*r[:6], psycopg2.Binary(r[6]), psycopg2.Binary(r[7]), *r[8:]) for r in rows]
+            values = [
+                (
+                    *r[:6],
+                    psycopg2.Binary(r[6]),
+                    psycopg2.Binary(r[7]),
+                    *r[8:12],
+                    psycopg2.Binary(r[12]) if len(r) > 12 and r[12] is not None else None,
+                )
+                for r in rows
+            ]
             psycopg2.extras.execute_values(
                 cur,
                 self._q(
                     "INSERT INTO {s}.dead_letters (stream, endpoint, event_id, seq, table_name, "
                     "operation, event_key, body, error, attempts, first_attempt_at, "
-                    "last_attempt_at) VALUES %s"
+                    "last_attempt_at, event) VALUES %s"
                 ),
                 values,
             )
@@ -454,14 +466,16 @@ class PostgresStore:
     def get_dead_letter(self, dl_id: int) -> dict[str, Any] | None:
         rows = self._exec(
             "SELECT id, stream, endpoint, event_id, seq, table_name, operation, event_key, body, "
-            "error, attempts, first_attempt_at, last_attempt_at FROM {s}.dead_letters WHERE id=%s",
+            "error, attempts, first_attempt_at, last_attempt_at, event FROM {s}.dead_letters WHERE id=%s",
             (dl_id,),
         )
         if not rows:
             return None
-        cols = [*_DL_LIST[:7], "key", "body", *_DL_LIST[7:], *_DL_TIMES]
+        cols = [*_DL_LIST[:7], "key", "body", *_DL_LIST[7:], *_DL_TIMES, "event"]
         out = dict(zip(cols, rows[0], strict=True))
         out["key"], out["body"] = bytes(out["key"]), bytes(out["body"])
+        if out["event"] is not None:
+            out["event"] = bytes(out["event"])
         return out
 
     def delete_dead_letters(self, ids: Sequence[int] | None = None, stream: str | None = None) -> int:

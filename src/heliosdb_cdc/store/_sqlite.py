@@ -16,7 +16,7 @@ import orjson
 
 from .._errors import StateError, StreamExists, StreamNotFound
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CAPTURE_STREAM = "(capture)"  # dead letters of rows capture could not turn into events
 
 _MIGRATIONS: dict[int, list[str]] = {
@@ -74,6 +74,8 @@ _MIGRATIONS: dict[int, list[str]] = {
             error TEXT
         )""",
     ],
+    # the default event of a dead letter whose body the stream's format made (replay formats it again)
+    3: ["ALTER TABLE dead_letters ADD COLUMN event BLOB"],
 }
 
 
@@ -311,14 +313,15 @@ class SQLiteStore:
     # -- dead letters ------------------------------------------------------------
     def add_dead_letters(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """rows: (stream, endpoint, event_id, seq, table, operation, key, body, error,
-        attempts, first_attempt_at, last_attempt_at)."""
+        attempts, first_attempt_at, last_attempt_at[, event]); ``event``: the default event
+        when ``body`` is its formatted form (debezium, cloudevents), else None."""
         with self._lock:
             try:
                 self._db.executemany(
                     "INSERT INTO dead_letters (stream, endpoint, event_id, seq, table_name, "
                     "operation, event_key, body, error, attempts, first_attempt_at, "
-                    "last_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
+                    "last_attempt_at, event) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [r if len(r) == 13 else (*r, None) for r in rows],
                 )
             except sqlite3.Error as exc:
                 raise StateError(f"cannot record dead letters: {exc}") from exc
@@ -386,7 +389,7 @@ class SQLiteStore:
     def get_dead_letter(self, dl_id: int) -> dict[str, Any] | None:
         row = self._exec(
             "SELECT id, stream, endpoint, event_id, seq, table_name, operation, event_key, body, "
-            "error, attempts, first_attempt_at, last_attempt_at FROM dead_letters WHERE id=?",
+            "error, attempts, first_attempt_at, last_attempt_at, event FROM dead_letters WHERE id=?",
             (dl_id,),
         ).fetchone()
         if row is None:
@@ -405,6 +408,7 @@ class SQLiteStore:
             "attempts",
             "first_attempt_at",
             "last_attempt_at",
+            "event",
         ]
         return dict(zip(cols, row, strict=True))
 
