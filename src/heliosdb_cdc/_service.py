@@ -71,7 +71,7 @@ from .postgres import (
     table_oids,
     unpublished_columns,
 )
-from .sinks import Sink, WebhookSink, validate_webhook_stream, webhook_security_kwargs
+from .sinks import Sink, SinkContext, build_sink, validate_webhook_stream
 from .store import Store, open_store
 
 log = logging.getLogger("heliosdb_cdc")
@@ -458,41 +458,17 @@ class WebhookServer:
 
     # -- runners -----------------------------------------------------------------
     def _build_sink(self, cfg: StreamConfig) -> tuple[Sink, str]:
-        dest = cfg.destination
-        wh = self.config.webhook
-        if dest.type == "webhook":
-            secrets = []
-            if cfg.secret is not None and cfg.secret.get_secret_value():
-                secrets = [s.strip() for s in cfg.secret.get_secret_value().split(",")]
-            sink = WebhookSink(
-                dest.address,
-                secrets,
-                name=cfg.name,
-                lanes=wh.worker_pool_size,
-                batch_size=int(dest.options.get("batch_size", wh.batch_size)),
-                timeout_secs=wh.timeout_secs,
-                max_concurrent_requests=wh.max_concurrent_requests,
+        """The stream's sink and endpoint (sinks/_registry.py maps the destination kind)."""
+        store = self.store
+        return build_sink(
+            cfg,
+            SinkContext(
+                self.config,
+                instance_id=lambda: _instance_id(store),
                 semaphore=self._semaphore,
-                max_payload_bytes=wh.max_payload_bytes,
-                **webhook_security_kwargs(cfg, self.config),  # signature scheme, TLS, SSRF guard
-                **content_types(cfg.format),  # CloudEvents: application/cloudevents+json
-            )
-            return sink, dest.address
-        if dest.type == "kafka":
-            from .sinks import KafkaSink
-
-            # the transactional id and offsets key name this state directory's stream, so two
-            # deployments (or a wiped state directory) never resume from each other's position
-            assert self.store is not None
-            sink_name = f"{cfg.name}-{self.store.instance_id}"
-            return KafkaSink(dest, sink_name, format=cfg.format), f"kafka://{dest.address}/{dest.topic}"
-        if dest.type == "kinesis":
-            from .sinks import KinesisSink
-
-            return KinesisSink.for_stream(cfg), f"kinesis://{dest.region}/{dest.address}"
-        from .sinks import MemorySink
-
-        return MemorySink(cfg.name, keep=bool(dest.options.get("keep", True))), f"memory://{cfg.name}"
+                content_types=content_types,
+            ),
+        )
 
     def _filters_for(self, cfg: StreamConfig) -> list[FilterConfig]:
         """Top-level filters naming one of the stream's tables, then the stream's own."""
@@ -1044,6 +1020,11 @@ class WebhookServer:
         if done:
             self.store.delete_dead_letters(done)
         return len(done)
+
+
+def _instance_id(store: Store | None) -> str:
+    assert store is not None
+    return store.instance_id
 
 
 def _named_tables(names: list[str]) -> frozenset[str]:
