@@ -22,7 +22,7 @@ from heliosdb_cdc.sinks import (
 from tests.plugins.postgres import PgDatabase
 from tests.test_e2e_webhook import make_config
 
-BUILT = []  # the sinks the test kind's factory made
+BUILT: list[MemorySink] = []  # the sinks the test kind's factory made
 
 
 def pigeon_sink_for(cfg: StreamConfig, ctx: SinkContext) -> tuple[Sink, str]:
