@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 import trustme
 
-from heliosdb_cdc._config import Config, config_from_dict
+from heliosdb_cdc._config import Config, WebhookRegistration, config_from_dict
 from heliosdb_cdc._embedded import free_port
-from heliosdb_cdc._errors import ConfigError
+from heliosdb_cdc._errors import ConfigError, StreamNotFound
 from heliosdb_cdc.server import start_http
 from heliosdb_cdc.server._security import check_http_security, server_ssl_context
 
@@ -30,26 +30,27 @@ READER = "reader-token-0123456789"
 
 
 class FakeService:
-    """Just enough of WebhookServer for the HTTP layer (no PostgreSQL needed)."""
+    """The HTTP layer's protocol (server/_protocol.py), without PostgreSQL."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.capture = None
-        self.runners: dict[str, Any] = {}
-        self.source_error = None
-        self.fatal_error = None
-        self.ready = True
-        self.codec = "pure-python"
-        self.role = None
-        self.leader = False
-        self.store = self
+        self.tls_reloader: Any = None
         self.created: list[Any] = []
 
-    def has_stream(self, name: str) -> bool:
-        return any(r["name"] == name for r in self.list_streams())
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "replication_connected": False, "streams": 0, "source_error": None}
 
-    def list_streams(self) -> list[dict[str, Any]]:
-        return [{"name": c.name} for c in self.created]
+    def overview(self) -> dict[str, Any]:
+        return {"streams": []}
+
+    def stream_names(self) -> list[str]:
+        return [c.name for c in self.created]
+
+    def has_stream(self, name: str) -> bool:
+        return name in self.stream_names()
+
+    def get_stream(self, name: str) -> dict[str, Any]:
+        raise StreamNotFound(f"stream {name!r} does not exist")
 
     def list_stream_rows(self) -> list[dict[str, Any]]:
         return []
@@ -61,8 +62,35 @@ class FakeService:
     def stream_status(self, name: str) -> dict[str, Any]:
         return {"name": name}
 
+    async def drop_stream(self, name: str, if_exists: bool = False) -> None:
+        return None
+
     async def set_paused(self, name: str, paused: bool) -> None:
         return None
+
+    async def start_snapshot(self, name: str, kind: str = "backfill", where: str | None = None) -> None:
+        return None
+
+    async def cancel_snapshot(self, name: str) -> None:
+        return None
+
+    async def webhooks(self) -> list[dict[str, Any]]:
+        return []
+
+    async def register(self, registration: WebhookRegistration) -> str:
+        return "hook"
+
+    async def unregister(self, url_or_name: str) -> None:
+        return None
+
+    def list_dead_letters(self, stream: str | None, limit: int) -> list[dict[str, Any]]:
+        return []
+
+    async def replay_dead_letters(self, ids: list[int] | None = None, stream: str | None = None) -> int:
+        return 0
+
+    def purge_dead_letters(self, stream: str | None = None) -> int:
+        return 0
 
 
 def make_config(**security: Any) -> Config:
@@ -75,7 +103,7 @@ async def serve() -> AsyncIterator[Any]:
 
     async def start(cfg: Config) -> tuple[FakeService, str]:
         svc = FakeService(cfg)
-        runners.append(await start_http(svc))  # type: ignore[arg-type]
+        runners.append(await start_http(svc))
         scheme = "https" if cfg.security.tls.enabled else "http"
         return svc, f"{scheme}://{cfg.webhook.bind_address}"
 

@@ -178,12 +178,26 @@ class WebhookRegistration(_Model):
         return self
 
 
+#: destination kinds a stream may name; the sink registry (sinks/_registry.py) adds the
+#: kinds registered with it
+DESTINATION_TYPES: list[str] = ["webhook", "kafka", "kinesis", "memory"]
+
+
 class Destination(_Model):
-    type: Literal["webhook", "kafka", "kinesis", "memory"]
+    type: str
     address: str
     topic: str | None = None
     region: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in DESTINATION_TYPES:
+            *head, last = (repr(t) for t in DESTINATION_TYPES)
+            kinds = f"{', '.join(head)} or {last}" if head else last
+            raise ValueError(f"Input should be {kinds}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Destination:

@@ -98,7 +98,7 @@ def _filter(f: FilterConfig, key_path: str) -> None:
 
 def declared_streams(config: Config) -> list[tuple[str, StreamConfig]]:
     """Every stream the file declares, with its key path (webhooks become streams)."""
-    from ._service import registration_stream
+    from ._catalog import registration_stream
 
     out = [(f"streams[{i}]", s) for i, s in enumerate(config.streams)]
     out += [(f"webhooks[{i}]", registration_stream(r)) for i, r in enumerate(config.webhooks)]

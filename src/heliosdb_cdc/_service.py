@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import SecretStr, ValidationError
 
+from . import _status
+from ._catalog import Catalog, registration_stream, stream_to_json
 from ._config import (
     Config,
-    Destination,
     FilterConfig,
     StreamConfig,
     WebhookConfig,
@@ -40,70 +38,32 @@ from ._errors import (
     StreamNotFound,
 )
 from ._event import OperationType
-from ._input import check_stream, pattern_warnings
+from ._input import check_stream
 from ._metrics import (
     SLOT_LAG_BYTES,
     SLOT_LAG_SECONDS,
     SLOT_RETAINED_BYTES,
-    TABLE_CHANGES,
-    TABLE_MISSING,
     forget_stream,
 )
 from .delivery import CircuitBreakerRegistry, StreamRunner, make_router
 from .journal import LocalLog
-from .pipeline import build_formatter, check_stream_format, content_types
+from .pipeline import build_formatter, content_types
 from .postgres import (
     Capture,
-    PublishedTables,
-    alter_publication,
     check_server,
     codec_description,
     codec_name,
     connect,
     debezium_column_rows,
-    emit_table_change,
-    ensure_publication,
     ensure_slot,
     format_lsn,
-    relation_names,
-    resolve_tables,
     slot_stats,
     split_table,
-    table_columns,
-    table_oids,
-    unpublished_columns,
 )
-from .sinks import Sink, WebhookSink, validate_webhook_stream, webhook_security_kwargs
+from .sinks import Sink, SinkContext, build_sink, validate_webhook_stream
 from .store import Store, open_store
 
 log = logging.getLogger("heliosdb_cdc")
-
-
-def stream_to_json(cfg: StreamConfig) -> dict[str, Any]:
-    """Catalog form of a stream: secrets kept (the catalog is local state)."""
-    data = cfg.model_dump(mode="json")
-    data["secret"] = cfg.secret.get_secret_value() if cfg.secret else None
-    return data
-
-
-def registration_stream(reg: WebhookRegistration, index: int | None = None) -> StreamConfig:
-    name = reg.name if reg.name is not None else _registration_name(reg.url)
-    return StreamConfig(
-        name=name,
-        tables=reg.tables or ["*"],
-        destination=Destination(type="webhook", address=reg.url),
-        secret=reg.secret,
-        operations=reg.operations,
-        filters=reg.filters,
-        format=reg.format,
-    )
-
-
-def _registration_name(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    host = re.sub(r"[^a-z0-9]+", "_", (urlsplit(url).hostname or "webhook").lower()).strip("_")[:100]
-    return f"webhook_{host}_{hashlib.sha1(url.encode()).hexdigest()[:6]}"
 
 
 class ExactlyOnce:
@@ -161,20 +121,15 @@ class WebhookServer:
         self._lock = asyncio.Lock()
         self._semaphore = asyncio.Semaphore(config.webhook.max_concurrent_requests)
         self._http: Any = None
-        self._table_columns: dict[str, list[dict[str, Any]]] = {}
-        self.unpublished: dict[str, list[str]] = {}  # table -> generated columns events lack
         self.snapshots: dict[str, Any] = {}
-        self.table_warnings: dict[str, list[str]] = {}
-        self._published = PublishedTables()
-        # stream -> the tables it names (not patterns): followed by name, see _check_tables
-        self._named: dict[str, frozenset[str]] = {}
+        # streams, the publication, captured tables, filters (_catalog.py)
+        self.catalog = Catalog(config, self._backfill_table, _connect)
         self._started = False
         # an error retrying cannot fix, found while running (a dropped slot): ``run`` exits on it
         self.fatal_error: SourceFatalError | None = None
         self.failed = asyncio.Event()
         self._resnapshot = False
-        # captured tables gone under their name (dropped, renamed) -> why; see _tables.py
-        self.table_problems: dict[str, str] = {}
+        self.tls_reloader: Any = None  # the HTTP layer's, when it serves TLS
 
     @property
     def codec(self) -> str:
@@ -222,6 +177,7 @@ class WebhookServer:
 
             check_http_security(cfg)  # tokens required off loopback; TLS files load
         self.store = open_store(cfg)
+        self.catalog.open(self.store)
         self.exactly_once = ExactlyOnce(self.store, cfg.webhook.exactly_once.window_secs)
         self.log = LocalLog(
             cfg.log_dir,
@@ -236,7 +192,7 @@ class WebhookServer:
             pos.seq,
             format_lsn(pos.end_lsn),
         )
-        await self._reconcile_config()
+        await self.catalog.reconcile_config(self.log.last_seq)
         if serve_http:
             from .server import start_http
 
@@ -269,7 +225,7 @@ class WebhookServer:
                 await self.start_snapshot(row["name"], snap["kind"], snap["where"])
         if self._resnapshot:
             await self._start_resnapshot()
-        await self._check_tables_logged()
+        await self.catalog.check_tables_logged()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._started = True
         log.info("heliosdb-cdc running: %d stream(s)", len(self.runners))
@@ -283,7 +239,8 @@ class WebhookServer:
 
             check_http_security(self.config)
         self.store = open_store(self.config)
-        await self._reconcile_config()
+        self.catalog.open(self.store)
+        await self.catalog.reconcile_config(0)  # no local log in this role
         if serve_http:
             from .server import start_http
 
@@ -332,7 +289,7 @@ class WebhookServer:
                 # the publication before the slot: pgoutput reads it as of each change, and a
                 # change between the slot's start and the publication's creation (any write to
                 # the source, the state's own when it lives there) fails decoding for good
-                await self._sync_publication()
+                await self.catalog.sync_publication()
                 await asyncio.to_thread(self._prepare_source_sync, True)
                 self.source_error = None
                 return
@@ -391,188 +348,26 @@ class WebhookServer:
                 log.error("re-reading stream %s: %s", row["name"], exc)
                 self.store.set_error(row["name"], f"--resnapshot: {exc}")
 
-    def _tables_of(self, cfg: StreamConfig) -> list[str]:
-        """The stream's tables (a named table that does not exist is a SourceError); notes
-        a warning for each pattern that matches no table now (blocking)."""
-        conn = connect(self.dsn)
-        try:
-            resolved = {name: resolve_tables(conn, [name]) for name in dict.fromkeys(cfg.tables)}
-        finally:
-            conn.close()
-        self.table_warnings[cfg.name] = pattern_warnings(cfg.tables, resolved)
-        return sorted({t for found in resolved.values() for t in found})
-
-    async def _sync_publication(self) -> None:
-        """At start: make the publication hold exactly the wanted tables (one pass over the
-        catalog); CREATE and DROP then change only their stream's share (:meth:`_publish`)."""
-        assert self.store is not None
-        rows = self.store.list_streams()
-        conn = await asyncio.to_thread(connect, self.dsn)
-        try:
-            cache: dict[str, list[str]] = {}
-            pinned = await asyncio.to_thread(_resolve_each, conn, self.config.source.tables, cache)
-            published = PublishedTables(pinned)
-            for row in rows:
-                names = row["config"]["tables"]
-                published.add(row["name"], await asyncio.to_thread(_resolve_each, conn, names, cache))
-            await asyncio.to_thread(
-                ensure_publication, conn, self.config.source.publication, sorted(published.wanted())
-            )
-            self._published = published
-            self._named = {row["name"]: _named_tables(row["config"]["tables"]) for row in rows}
-            self.table_warnings = {  # patterns that match no table now (stream status)
-                row["name"]: pattern_warnings(row["config"]["tables"], cache) for row in rows
-            }
-            self.unpublished = await asyncio.to_thread(
-                unpublished_columns, conn, sorted(published.wanted())
-            )
-            for table, cols in self.unpublished.items():
-                log.warning(
-                    "table %s: generated column(s) %s are not in its events (PostgreSQL before 18 "
-                    "does not publish them)",
-                    table,
-                    ", ".join(cols),
-                )
-        finally:
-            conn.close()
-
-    def _publish(self, stream: str, tables: list[str] | None) -> None:
-        """Add ``stream``'s tables to the publication (``tables`` None: forget the stream and
-        drop the tables no other stream needs). Touches only those tables (blocking)."""
-        if tables is None:
-            add, drop = [], self._published.remove(stream)
-            self.table_warnings.pop(stream, None)
-        else:
-            add, drop = self._published.add(stream, tables), []
-        if not add and not drop:
-            return
-        conn = connect(self.dsn)
-        try:
-            alter_publication(conn, self.config.source.publication, add=add, drop=drop)
-            if add:
-                self.unpublished.update(unpublished_columns(conn, add))
-        finally:
-            conn.close()
-
-    def _stream_tables(self, cfg: StreamConfig) -> list[str]:
-        """The stream's tables as ``schema.table``; a name that resolves to nothing is
-        logged and skipped, like at start (blocking)."""
-        conn = connect(self.dsn)
-        try:
-            cache: dict[str, list[str]] = {}
-            tables = _resolve_each(conn, cfg.tables, cache)
-            self.table_warnings[cfg.name] = pattern_warnings(cfg.tables, cache)
-            return tables
-        finally:
-            conn.close()
-
     def columns_of(self, table: str) -> list[dict[str, Any]]:
-        cols = self._table_columns.get(table)
-        if cols is None:
-            conn = connect(self.dsn)
-            try:
-                cols = table_columns(conn, table)
-            finally:
-                conn.close()
-            self._table_columns[table] = cols
-        return cols
-
-    # -- catalog reconciliation --------------------------------------------------------
-    async def _reconcile_config(self) -> None:
-        assert self.store is not None
-        declared = [*self.config.streams]
-        declared += [registration_stream(r) for r in self.config.webhooks]
-        existing = {r["name"]: r for r in self.store.list_streams()}
-        created, updated, removed = [], [], []
-        for cfg in declared:
-            data = stream_to_json(cfg)
-            row = existing.get(cfg.name)
-            if row is None:
-                self.store.create_stream(cfg.name, data, "config", "running")
-                self.store.checkpoint(cfg.name, self.log.last_seq if self.log else 0)
-                created.append(cfg.name)
-            elif row["config"] != data:
-                self.store.update_stream_config(cfg.name, data)
-                updated.append(cfg.name)
-        names = {c.name for c in declared}
-        for name, row in existing.items():
-            if row["origin"] == "config" and name not in names:
-                self.store.drop_stream(name)
-                removed.append(name)
-        if created or updated or removed:
-            log.info(
-                "configuration reconciled with the catalog: created %s, updated %s, removed %s",
-                created or "-",
-                updated or "-",
-                removed or "-",
-            )
+        return self.catalog.columns_of(table)
 
     # -- runners -----------------------------------------------------------------
     def _build_sink(self, cfg: StreamConfig) -> tuple[Sink, str]:
-        dest = cfg.destination
-        wh = self.config.webhook
-        if dest.type == "webhook":
-            secrets = []
-            if cfg.secret is not None and cfg.secret.get_secret_value():
-                secrets = [s.strip() for s in cfg.secret.get_secret_value().split(",")]
-            sink = WebhookSink(
-                dest.address,
-                secrets,
-                name=cfg.name,
-                lanes=wh.worker_pool_size,
-                batch_size=int(dest.options.get("batch_size", wh.batch_size)),
-                timeout_secs=wh.timeout_secs,
-                max_concurrent_requests=wh.max_concurrent_requests,
+        """The stream's sink and endpoint (sinks/_registry.py maps the destination kind)."""
+        store = self.store
+        return build_sink(
+            cfg,
+            SinkContext(
+                self.config,
+                instance_id=lambda: _instance_id(store),
                 semaphore=self._semaphore,
-                max_payload_bytes=wh.max_payload_bytes,
-                **webhook_security_kwargs(cfg, self.config),  # signature scheme, TLS, SSRF guard
-                **content_types(cfg.format),  # CloudEvents: application/cloudevents+json
-            )
-            return sink, dest.address
-        if dest.type == "kafka":
-            from .sinks import KafkaSink
-
-            # the transactional id and offsets key name this state directory's stream, so two
-            # deployments (or a wiped state directory) never resume from each other's position
-            assert self.store is not None
-            sink_name = f"{cfg.name}-{self.store.instance_id}"
-            return KafkaSink(dest, sink_name, format=cfg.format), f"kafka://{dest.address}/{dest.topic}"
-        if dest.type == "kinesis":
-            from .sinks import KinesisSink
-
-            return KinesisSink.for_stream(cfg), f"kinesis://{dest.region}/{dest.address}"
-        from .sinks import MemorySink
-
-        return MemorySink(cfg.name, keep=bool(dest.options.get("keep", True))), f"memory://{cfg.name}"
-
-    def _filters_for(self, cfg: StreamConfig) -> list[FilterConfig]:
-        """Top-level filters naming one of the stream's tables, then the stream's own."""
-        out: list[FilterConfig] = []
-        stream_tables = {t.removeprefix("public.") for t in cfg.tables}
-        for f in self.config.filters:
-            ft = {t.removeprefix("public.") for t in f.tables}
-            if not ft or ft & stream_tables or "*" in stream_tables:
-                out.append(f)
-        out.extend(cfg.filters)
-        return out
+                content_types=content_types,
+            ),
+        )
 
     def _compile(self, cfg: StreamConfig, endpoint: str) -> tuple[Any, Any]:
-        filters = self._filters_for(cfg)
-        predicate = None
-        if filters:
-            from .pipeline import FilterChain, compile_filter
-
-            chain = FilterChain([compile_filter(f) for f in filters])
-            predicate = chain.passes
-        transform = None
-        for t in self.config.transformations:
-            if t.target in (endpoint, cfg.name, cfg.destination.address):
-                from .pipeline import compile_transformation
-
-                transform = compile_transformation(t).apply
-                break
-        check_stream_format(cfg, self.config.webhook.batch_size, transform is not None)
-        return predicate, transform
+        """The stream's filter predicate and transformation (the catalog compiles them)."""
+        return self.catalog.compile(cfg, endpoint)
 
     async def _start_runner(self, row: dict[str, Any]) -> StreamRunner:
         assert self.store is not None and self.log is not None
@@ -630,77 +425,13 @@ class WebhookServer:
                     await asyncio.to_thread(self.store.prune_deliveries, eo.retention_secs or eo.window_secs)
                     last_prune = time.time()
                 await self._refresh_slot_stats()
-                await self._check_tables()
+                await self.catalog.check_tables()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("housekeeping: %s", exc)
 
-    # -- captured tables dropped, renamed, re-created (followed by name) -------------------
-    def _followed_tables(self) -> list[str]:
-        """``schema.table`` of every table a stream names (patterns are not followed); from
-        memory, kept up to date by CREATE and DROP: no catalog read."""
-        return sorted(_named_tables(self.config.source.tables).union(*self._named.values()))
-
-    def _follow(self, stream: str, tables: list[str] | None) -> None:
-        if tables is None:
-            self._named.pop(stream, None)
-        else:
-            self._named[stream] = _named_tables(tables)
-
-    async def _check_tables_logged(self) -> None:
-        try:
-            await self._check_tables()
-        except CdcError as exc:
-            log.warning("checking the captured tables: %s", exc)
-
-    async def _check_tables(self) -> None:
-        """Compare the captured tables' OIDs with the last check; report and repair."""
-        from ._tables import RECREATED, compare, problems
-
-        assert self.store is not None
-        names = self._followed_tables()
-        known: dict[str, dict[str, Any]] = orjson.loads(self.store.get_meta("tables") or "{}")
-
-        def read() -> tuple[dict[str, int | None], dict[int, str | None]]:
-            conn = connect(self.dsn)
-            try:
-                current = table_oids(conn, names)
-                lost = [
-                    k["oid"]
-                    for n, k in known.items()
-                    if k.get("oid") is not None and current.get(n) != k["oid"]
-                ]
-                return current, relation_names(conn, lost)
-            finally:
-                conn.close()
-
-        current, names_of = await asyncio.to_thread(read)
-        changes, now = compare(known, current, names_of)
-        for ch in changes:
-            log.warning("%s", ch.detail)
-            TABLE_CHANGES.labels(ch.name, ch.change).inc()
-            await asyncio.to_thread(self._emit_table_change, ch.message())
-        back = [ch for ch in changes if ch.change == RECREATED]
-        if back:
-            await self._sync_publication()  # before the backfill: its watermarks need the table
-            for ch in back:
-                await self._backfill_table(ch.table)
-        if changes or now != known:
-            self.store.set_meta("tables", orjson.dumps(now).decode())
-        self.table_problems = problems(now)
-        for name in names:
-            TABLE_MISSING.labels(name.removeprefix("public.")).set(
-                1 if name.removeprefix("public.") in self.table_problems else 0
-            )
-
-    def _emit_table_change(self, content: bytes) -> None:
-        conn = connect(self.dsn)
-        try:
-            emit_table_change(conn, content)
-        finally:
-            conn.close()
-
+    # -- captured tables dropped, renamed, re-created: the catalog checks, snapshots re-read --
     async def _backfill_table(self, table: str) -> None:
         """Re-read a re-created table for every stream that names it."""
         assert self.store is not None
@@ -714,13 +445,6 @@ class WebhookServer:
                 msg = f"table {table} was re-created but could not be re-read: {exc}"
                 log.error("stream %s: %s", row["name"], msg)
                 self.store.set_error(row["name"], msg)
-
-    def _table_problem(self, cfg: dict[str, Any]) -> str | None:
-        for t in cfg["tables"]:
-            problem = self.table_problems.get(t.removeprefix("public."))
-            if problem:
-                return problem
-        return None
 
     def fail(self, exc: SourceFatalError) -> None:
         """Record an error retrying cannot fix; ``run`` stops the service and exits with 2."""
@@ -777,7 +501,7 @@ class WebhookServer:
             tables: list[str] | None = None
             if "*" not in cfg.tables:
                 try:
-                    tables = await asyncio.to_thread(self._tables_of, cfg)
+                    tables = await asyncio.to_thread(self.catalog.tables_of, cfg)
                 except SourceError as exc:
                     raise SqlError(str(exc.message), stream=cfg.name) from None
             # validate filters/transforms before anything is stored
@@ -790,9 +514,9 @@ class WebhookServer:
             self.store.checkpoint(cfg.name, self.log.last_seq)
             try:
                 if tables is None:
-                    tables = await asyncio.to_thread(self._stream_tables, cfg)
+                    tables = await asyncio.to_thread(self.catalog.stream_tables, cfg)
                 # only this stream's tables are looked at: no cost per existing stream
-                await asyncio.to_thread(self._publish, cfg.name, tables)
+                await asyncio.to_thread(self.catalog.publish, cfg.name, tables)
                 await self._start_runner(self.store.get_stream(cfg.name))
             except (ValueError, TypeError) as exc:  # e.g. an option of the wrong type
                 self.store.drop_stream(cfg.name)
@@ -800,11 +524,11 @@ class WebhookServer:
             except Exception:
                 self.store.drop_stream(cfg.name)
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self._publish, cfg.name, None)
+                    await asyncio.to_thread(self.catalog.publish, cfg.name, None)
                 raise
         log.info("stream %s created (%s -> %s)", cfg.name, ",".join(cfg.tables), cfg.destination.type)
-        self._follow(cfg.name, cfg.tables)
-        await self._check_tables_logged()  # note its tables' OIDs now: a drop right after is seen
+        self.catalog.follow(cfg.name, cfg.tables)
+        await self.catalog.check_tables_logged()  # note its tables' OIDs now: a drop right after is seen
         if cfg.snapshot == "initial":
             await self.start_snapshot(cfg.name, "snapshot", None)
         return cfg
@@ -826,8 +550,8 @@ class WebhookServer:
                 await runner.stop(drain_timeout=2.0)
                 forget_stream(name, runner.endpoint)
             self.store.drop_stream(name)
-            await asyncio.to_thread(self._publish, name, None)
-            self._follow(name, None)
+            await asyncio.to_thread(self.catalog.publish, name, None)
+            self.catalog.follow(name, None)
         log.info("stream %s dropped", name)
 
     async def set_paused(self, name: str, paused: bool) -> None:
@@ -839,35 +563,10 @@ class WebhookServer:
         log.info("stream %s %s", name, "paused" if paused else "resumed")
 
     def stream_state(self, name: str, row: dict[str, Any]) -> str:
-        runner = self.runners.get(name)
-        if row["state"] == "paused":
-            return "paused"
-        if runner is None or row.get("failed"):
-            return "failed"
-        if self._table_problem(row["config"]):
-            return "warning"  # a captured table is gone under its name: see last_error
-        return "running"
+        return _status.stream_state(self, name, row)
 
     def list_stream_rows(self) -> list[dict[str, Any]]:
-        assert self.store is not None
-        rows = []
-        for row in self.store.list_streams():
-            cfg = row["config"]
-            runner = self.runners.get(row["name"])
-            rows.append(
-                {
-                    "name": row["name"],
-                    "tables": ",".join(cfg["tables"]),
-                    "destination": cfg["destination"]["type"],
-                    "address": cfg["destination"]["address"]
-                    + (f" topic={cfg['destination']['topic']}" if cfg["destination"].get("topic") else ""),
-                    "format": cfg["format"].upper(),
-                    "state": self.stream_state(row["name"], row),
-                    "delivered": runner.stats.delivered if runner else 0,
-                    "lag_events": (self.log.last_seq - runner.cursor) if runner and self.log else 0,
-                }
-            )
-        return rows
+        return _status.list_stream_rows(self)
 
     def stream_status(
         self,
@@ -877,57 +576,28 @@ class WebhookServer:
         snapshots: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """``row`` (its catalog row), ``dead_letters`` (its count) and ``snapshots`` (the
-        stored snapshots of all streams) when the caller has them already: the overview of
-        every stream reads each once for all streams, not once per stream."""
-        assert self.store is not None and self.log is not None
-        if row is None:
-            row = self.store.get_stream(name)
-        runner = self.runners.get(name)
-        cfg = row["config"]
-        st = runner.stats if runner else None
-        cap = self.capture.status if self.capture else None
-        lag_events = (self.log.last_seq - runner.cursor) if runner else 0
-        lag_seconds = 0.0
-        if runner and lag_events > 0 and runner.cursor < self.log.last_seq:
-            first = self.log.read_memory(runner.cursor + 1, 1)
-            if first:
-                lag_seconds = max(0.0, time.time() - first[0].ts_us / 1e6)
-        endpoint = runner.endpoint if runner else cfg["destination"]["address"]
-        breaker = self.circuit_breaker.state_of(endpoint)
-        return {
-            "name": name,
-            "state": self.stream_state(name, row),
-            "tables": ",".join(cfg["tables"]),
-            "destination": f"{cfg['destination']['type']} {cfg['destination']['address']}",
-            "format": cfg["format"].upper(),
-            "source_position": format_lsn(cap.confirmed_lsn) if cap else None,
-            "replication_connected": cap.connected if cap else False,
-            "stream_position": runner.cursor if runner else None,
-            "lag_events": lag_events,
-            "lag_bytes": self.slot_info.get("lag_bytes", 0),
-            "lag_seconds": round(lag_seconds, 3),
-            "events_processed": st.processed if st else 0,
-            "events_filtered": st.filtered if st else 0,
-            "events_delivered": st.delivered if st else 0,
-            "events_failed": st.failed if st else 0,
-            "events_retried": st.retried if st else 0,
-            "dead_letters": self.store.count_dead_letters(name) if dead_letters is None else dead_letters,
-            "queue_memory": runner.queue_memory if runner else 0,
-            "queue_overflow": runner.queue_overflow if runner else 0,
-            "throughput_per_sec": round(st.rate(), 1) if st else 0.0,
-            "p99_latency_ms": st.p99_ms() if st else None,
-            "circuit_breaker": f"{endpoint}={breaker.name}",
-            "last_error": self._table_problem(cfg) or (st.last_error if st else None) or row["last_error"],
-            "last_error_at": _iso(st.last_error_at if st else row["last_error_at"]),
-            "capture_paused": cap.paused_reason if cap else None,
-            "snapshot": _snapshot_summary(self.snapshot_status(name, snapshots)),
-            "warnings": "; ".join(self.table_warnings.get(name, [])) or None,
-            "unpublished_columns": {
-                t: c
-                for t, c in self.unpublished.items()
-                if "*" in cfg["tables"] or t in {x.removeprefix("public.") for x in cfg["tables"]}
-            },
-        }
+        stored snapshots of all streams) when the caller has them already (_status.py)."""
+        return _status.stream_status(self, name, row, dead_letters, snapshots)
+
+    def overview(self) -> dict[str, Any]:
+        """The status page's data: capture, slot, local log, every stream (_status.py)."""
+        return _status.overview(self)
+
+    def health(self) -> dict[str, Any]:
+        return _status.health(self)
+
+    # -- the HTTP layer's reads of the catalog (server/_protocol.py) -------------------------
+    def stream_names(self) -> list[str]:
+        assert self.store is not None
+        return self.store.stream_names()
+
+    def has_stream(self, name: str) -> bool:
+        assert self.store is not None
+        return self.store.has_stream(name)
+
+    def get_stream(self, name: str) -> dict[str, Any]:
+        assert self.store is not None
+        return self.store.get_stream(name)
 
     # -- snapshots and backfills ------------------------------------------------------------
     async def start_snapshot(
@@ -964,7 +634,7 @@ class WebhookServer:
             except CdcError as exc:
                 raise SqlError(f"invalid backfill predicate: {exc}", stream=name) from None
         if tables is None:
-            tables = await asyncio.to_thread(self._tables_of, cfg) if "*" not in cfg.tables else []
+            tables = await asyncio.to_thread(self.catalog.tables_of, cfg) if "*" not in cfg.tables else []
         if not tables:
             raise SqlError(f"stream {name!r} has no tables to read", stream=name)
         runner.database = self.config.database
@@ -1063,6 +733,15 @@ class WebhookServer:
             await self._start_runner(self.store.get_stream(name))
 
     # -- dead letters -------------------------------------------------------------------------
+    def list_dead_letters(self, stream: str | None, limit: int) -> list[dict[str, Any]]:
+        assert self.store is not None
+        return self.store.list_dead_letters(stream, limit)
+
+    def purge_dead_letters(self, stream: str | None = None) -> int:
+        """Delete the dead letters (of one stream, or all); return how many."""
+        assert self.store is not None
+        return self.store.delete_dead_letters(stream=stream)
+
     async def replay_dead_letters(self, ids: list[int] | None = None, stream: str | None = None) -> int:
         """Send dead letters again (honouring the delivery log); delete those delivered."""
         assert self.store is not None and self.exactly_once is not None
@@ -1113,7 +792,7 @@ def _reformat(runner: Any, ev: Any, event_json: bytes | None) -> bool:
     if event_json is None or runner.formatter is None:
         return True
     from ._event import parse_event_id
-    from .delivery._runner import decode_event
+    from .delivery import decode_event
 
     event = decode_event(event_json)
     ev.event = event
@@ -1121,47 +800,14 @@ def _reformat(runner: Any, ev: Any, event_json: bytes | None) -> bool:
     return bool(runner._apply_format(ev, event, lsn))
 
 
-def _named_tables(names: list[str]) -> frozenset[str]:
-    """``schema.table`` of the names that are not patterns."""
-    return frozenset(".".join(split_table(n)) for n in names if not any(c in n for c in "*?["))
+def _connect(dsn: str) -> Any:
+    """The source connections of the service and its catalog (one name to look up)."""
+    return connect(dsn)
 
 
-def _resolve_each(conn: Any, names: list[str], cache: dict[str, list[str]]) -> list[str]:
-    """Resolve each table name (``cache``: name -> tables, shared across streams); a name
-    that fails is logged as not captured and skipped."""
-    out: set[str] = set()
-    for name in names:
-        found = cache.get(name)
-        if found is None:
-            try:
-                found = resolve_tables(conn, [name])
-            except SourceError as exc:
-                log.warning("%s: not captured", exc)
-                found = []
-            cache[name] = found
-        out.update(found)
-    return sorted(out)
-
-
-def _snapshot_summary(snap: dict[str, Any] | None) -> str | None:
-    if not snap:
-        return None
-    text = f"{snap['kind']} {snap['state']}: {snap.get('rows_sent', 0)} rows"
-    if snap.get("current_table") and snap["state"] == "running":
-        text += f", reading {snap['current_table']}"
-    if snap.get("where"):
-        text += f" where {snap['where']}"
-    if snap.get("error"):
-        text += f" ({snap['error']})"
-    return text
-
-
-def _iso(ts: float | None) -> str | None:
-    if not ts:
-        return None
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _instance_id(store: Store | None) -> str:
+    assert store is not None
+    return store.instance_id
 
 
 def operations_from(values: list[str]) -> list[OperationType]:

@@ -6,6 +6,13 @@ It imports nothing from capture (``postgres/``).
 """
 
 from ._circuit import CircuitBreaker, CircuitBreakerRegistry, CircuitState
-from ._runner import StreamRunner, make_router
+from ._runner import StreamRunner, decode_event, make_router
 
-__all__ = ["CircuitBreaker", "CircuitBreakerRegistry", "CircuitState", "StreamRunner", "make_router"]
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerRegistry",
+    "CircuitState",
+    "StreamRunner",
+    "decode_event",
+    "make_router",
+]

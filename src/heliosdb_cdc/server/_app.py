@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -20,9 +20,7 @@ from .._names import check_name
 from ._body import read_json as _read_json
 from ._body import read_text as _read_text
 from ._openapi import OPENAPI
-
-if TYPE_CHECKING:
-    from .._service import WebhookServer
+from ._protocol import HttpService
 
 log = logging.getLogger("heliosdb_cdc.server")
 
@@ -40,19 +38,17 @@ def _error(message: str, status: int, **extra: Any) -> web.Response:
 class ServiceStreamManager:
     """The SQL layer's StreamManager, backed by the running service."""
 
-    def __init__(self, service: WebhookServer) -> None:
+    def __init__(self, service: HttpService) -> None:
         self.s = service
 
     async def create_stream(self, cfg: StreamConfig) -> StreamConfig:
         return await self.s.create_stream(cfg, origin="sql")
 
     async def stream_names(self) -> list[str]:
-        assert self.s.store is not None
-        return self.s.store.stream_names()
+        return self.s.stream_names()
 
     async def has_stream(self, name: str) -> bool:
-        assert self.s.store is not None
-        return self.s.store.has_stream(name)
+        return self.s.has_stream(name)
 
     async def list_streams(self) -> list[dict[str, Any]]:
         return self.s.list_stream_rows()
@@ -76,7 +72,7 @@ class ServiceStreamManager:
         await self.s.cancel_snapshot(name)
 
 
-def build_app(service: WebhookServer) -> web.Application:
+def build_app(service: HttpService) -> web.Application:
     from ._security import security_middlewares  # allow-list, tokens (docs/security.md)
 
     sec = service.config.security
@@ -86,21 +82,10 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
-        cap = service.capture.status if service.capture else None
         # 503 while starting (the source is retried: source_error says why) or after an
         # error retrying cannot fix (the service is about to exit)
-        status = "failed" if service.fatal_error else "ok" if service.ready else "starting"
-        body: dict[str, Any] = {
-            "status": status,
-            "role": service.role or "all",
-            "replication_connected": bool(cap and cap.connected),
-            "codec": service.codec,  # native (compiled) or pure-python
-            "streams": len(service.runners),
-            "source_error": service.source_error or (cap.last_error if cap else None),
-        }
-        if service.role == "capture":
-            body["leader"] = bool(service.leader)  # a standby is healthy too: it waits
-        return _json(body, 200 if status == "ok" else 503)
+        body = service.health()
+        return _json(body, 200 if body["status"] == "ok" else 503)
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
@@ -152,10 +137,9 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.get("/api/streams/{name}")
     async def get_stream(request: web.Request) -> web.Response:
-        assert service.store is not None
         name = request.match_info["name"]
         try:
-            row = service.store.get_stream(name)
+            row = service.get_stream(name)
         except StreamNotFound as exc:
             return _error(exc.message, 404)
         cfg = dict(row["config"])
@@ -229,13 +213,12 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.get("/api/dead-letters")
     async def dead_letters(request: web.Request) -> web.Response:
-        assert service.store is not None
         stream = request.query.get("stream")
         try:
             limit = min(10_000, max(1, int(request.query.get("limit", "100"))))
         except ValueError:
             return _error("limit must be an integer", 400)
-        return _json({"dead_letters": service.store.list_dead_letters(stream, limit)})
+        return _json({"dead_letters": service.list_dead_letters(stream, limit)})
 
     @routes.post("/api/dead-letters/replay")
     async def replay(request: web.Request) -> web.Response:
@@ -257,8 +240,7 @@ def build_app(service: WebhookServer) -> web.Application:
 
     @routes.delete("/api/dead-letters")
     async def purge(request: web.Request) -> web.Response:
-        assert service.store is not None
-        n = service.store.delete_dead_letters(stream=request.query.get("stream"))
+        n = service.purge_dead_letters(request.query.get("stream"))
         return _json({"purged": n})
 
     @routes.get("/api/status")
@@ -274,22 +256,9 @@ def build_app(service: WebhookServer) -> web.Application:
     return app
 
 
-def overview(service: WebhookServer) -> dict[str, Any]:
-    assert service.store is not None
-    # three catalog reads for all streams, not three per stream
-    dead = service.store.dead_letter_counts()
-    snapshots = service.store.all_snapshots()
-    streams = [
-        service.stream_status(row["name"], row, dead.get(row["name"], 0), snapshots)
-        for row in service.store.list_streams()
-    ]
-    cap = service.capture.describe() if service.capture else {}
-    return {
-        "capture": cap,
-        "slot": service.slot_info,
-        "local_log_bytes": service.log.size_bytes if service.log else 0,
-        "streams": streams,
-    }
+def overview(service: HttpService) -> dict[str, Any]:
+    """``GET /api/status``: what the status page shows."""
+    return service.overview()
 
 
 def _result_dict(r: Any) -> dict[str, Any]:
@@ -306,7 +275,7 @@ def _validation_message(exc: ValidationError, model: Any, data: Any) -> str:
     return "; ".join(f"{path or '(body)'}: {msg}" for path, msg in problems(exc, model, data))
 
 
-async def start_http(service: WebhookServer) -> web.AppRunner:
+async def start_http(service: HttpService) -> web.AppRunner:
     from .._logging import install_bad_request_filter
 
     install_bad_request_filter()  # a malformed request: one WARNING line, rate-limited
@@ -325,7 +294,7 @@ async def start_http(service: WebhookServer) -> web.AppRunner:
     return runner
 
 
-def _tls_context(service: WebhookServer, app: web.Application) -> Any:
+def _tls_context(service: HttpService, app: web.Application) -> Any:
     import asyncio
 
     from ._security import CertReloader, server_ssl_context
@@ -335,7 +304,7 @@ def _tls_context(service: WebhookServer, app: web.Application) -> Any:
         return None
     ctx = server_ssl_context(tls)
     reloader = CertReloader(ctx, str(tls.cert_path), str(tls.key_path))
-    service.tls_reloader = reloader  # type: ignore[attr-defined]
+    service.tls_reloader = reloader
     loop = asyncio.get_running_loop()
     if reloader.install_sighup(loop):
 

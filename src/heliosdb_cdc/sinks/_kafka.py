@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -54,6 +54,9 @@ from ._avro import (
     SchemaRegistryUnavailable,
 )
 from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
+
+if TYPE_CHECKING:
+    from ._registry import SinkContext
 
 _T = TypeVar("_T")
 
@@ -608,3 +611,12 @@ class _Transient(Exception):
 
 class _Abort(Exception):
     """Some record of the transaction was not delivered: abort it."""
+
+
+def kafka_sink_for(cfg: StreamConfig, ctx: SinkContext) -> tuple[Sink, str]:
+    """The sink registry's factory for ``kafka`` destinations."""
+    dest = cfg.destination
+    # the transactional id and offsets key name this state directory's stream, so two
+    # deployments (or a wiped state directory) never resume from each other's position
+    sink_name = f"{cfg.name}-{ctx.instance_id()}"
+    return KafkaSink(dest, sink_name, format=cfg.format), f"kafka://{dest.address}/{dest.topic}"

@@ -38,13 +38,16 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._config import Destination, StreamConfig
 from .._errors import ConfigError, SinkError
 from ._avro import AvroEncoder, AvroSchemaRegistry
 from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 from ._kinesis_recovery import ResumeMarks, record_digest, scan_tail
+
+if TYPE_CHECKING:
+    from ._registry import SinkContext
 
 log = logging.getLogger("heliosdb_cdc.sinks.kinesis")
 
@@ -483,3 +486,9 @@ class KinesisSink(Sink):
                 break
             await asyncio.sleep(delay)
         return {e.index: reasons[e.index] for e in pending}
+
+
+def kinesis_sink_for(cfg: StreamConfig, ctx: SinkContext) -> tuple[Sink, str]:
+    """The sink registry's factory for ``kinesis`` destinations."""
+    dest = cfg.destination
+    return KinesisSink.for_stream(cfg), f"kinesis://{dest.region}/{dest.address}"

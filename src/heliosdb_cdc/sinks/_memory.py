@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from ._base import DELIVERED, OutboundEvent, Sink, SinkResult
+
+if TYPE_CHECKING:
+    from .._config import StreamConfig
+    from ._registry import SinkContext
 
 
 class MemorySink(Sink):
@@ -47,3 +52,8 @@ class MemorySink(Sink):
 
     async def close(self) -> None:
         self.closed = True
+
+
+def memory_sink_for(cfg: StreamConfig, ctx: SinkContext) -> tuple[Sink, str]:
+    """The sink registry's factory for ``memory`` destinations (tests, benchmarks)."""
+    return MemorySink(cfg.name, keep=bool(cfg.destination.options.get("keep", True))), f"memory://{cfg.name}"

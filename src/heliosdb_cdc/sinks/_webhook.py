@@ -27,11 +27,16 @@ import ssl
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from . import _standard_webhooks as standard_webhooks
 from ._base import DELIVERED, OutboundEvent, Outcome, Sink, SinkResult
 from ._http import HttpPool
 from ._ssrf import SsrfGuard, SsrfRefused
+
+if TYPE_CHECKING:
+    from .._config import StreamConfig
+    from ._registry import SinkContext
 
 RETRYABLE_4XX = frozenset({408, 425, 429})
 _HEAD = (
@@ -223,3 +228,28 @@ class WebhookSink(Sink):
         if 300 <= status < 400:
             return SinkResult(Outcome.FAILED, f"HTTP {status}: redirects are not followed", status=status)
         return SinkResult(Outcome.FAILED, f"HTTP {status}", status=status)
+
+
+def webhook_sink_for(cfg: StreamConfig, ctx: SinkContext) -> tuple[Sink, str]:
+    """The sink registry's factory for ``webhook`` destinations: endpoint = the URL."""
+    from ._webhook_security import webhook_security_kwargs  # it reads the service's Config
+
+    dest = cfg.destination
+    wh = ctx.config.webhook
+    secrets = []
+    if cfg.secret is not None and cfg.secret.get_secret_value():
+        secrets = [s.strip() for s in cfg.secret.get_secret_value().split(",")]
+    sink = WebhookSink(
+        dest.address,
+        secrets,
+        name=cfg.name,
+        lanes=wh.worker_pool_size,
+        batch_size=int(dest.options.get("batch_size", wh.batch_size)),
+        timeout_secs=wh.timeout_secs,
+        max_concurrent_requests=wh.max_concurrent_requests,
+        semaphore=ctx.semaphore,
+        max_payload_bytes=wh.max_payload_bytes,
+        **webhook_security_kwargs(cfg, ctx.config),  # signature scheme, TLS, SSRF guard
+        **ctx.content_types(cfg.format),  # CloudEvents: application/cloudevents+json
+    )
+    return sink, dest.address
