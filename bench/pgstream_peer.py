@@ -49,13 +49,17 @@ def find_binary(cache: Path) -> Path | None:
     return next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
 
 
-def install_pgstream(cache: Path, checkout: Path, timeout: float = 900) -> tuple[Path | None, str]:
-    """The pgstream binary, or None and why it is not there."""
+def install_pgstream(
+    cache: Path, checkout: Path, timeout: float = 900, go: str | None = None
+) -> tuple[Path | None, str]:
+    """The pgstream binary, or None and why it is not there (``go``: the toolchain,
+    looked up when None, none when empty)."""
     found = find_binary(cache)
     if found is not None:
         return found, "cached"
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if go is None:
+        go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else "")
+    if not go:
         return None, "the Go toolchain is not installed (needed to build pgstream from source)"
     tar = _source_tarball(checkout)
     if tar is None:
