@@ -15,7 +15,9 @@ Scenarios (see BENCHMARKS.md):
   streams        control plane at scale: --streams (1,000) webhook streams created over REST
                  (total and last-100 create time), idle CPU of the service, one DELETE, and one
                  INSERT fanned out to every stream (time until all deliveries arrive)
-  kafka          WAL -> Kafka (JSON), acknowledged (when a broker can be started here)
+  kafka          WAL -> Kafka (JSON), acknowledged (when a broker can be started here); also
+                 kafka_avro (FORMAT AVRO) and kafka_avro_fastavro (the same, every body through
+                 fastavro: HELIOSDB_CDC_AVRO_FASTAVRO=1)
   debezium       Debezium Server 2.7.3 (HTTP sink) on the webhook1 workload + latency at 1,000/s
   pgstream       pgstream (wal2json -> webhook notifier), same workloads and receiver, when
                  it can be found or built (bench/pgstream_peer.py) and wal2json is installed
@@ -90,6 +92,7 @@ THROUGHPUT = [
     "webhook10",
     "kafka",
     "kafka_avro",
+    "kafka_avro_fastavro",
     "debezium",
     "pgstream",
 ]
@@ -477,14 +480,16 @@ class Bench:
         path.write_text(yaml.safe_dump(cfg))
         return path, f"http://127.0.0.1:{port}"
 
-    def start_service(self, cfg: Path, api: str) -> subprocess.Popen[bytes]:
+    def start_service(
+        self, cfg: Path, api: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         exe = shutil.which("heliosdb-cdc")
         cmd = (
             [exe, "run", "-c", str(cfg)]
             if exe
             else [sys.executable, "-m", "heliosdb_cdc.cli", "run", "-c", str(cfg)]
         )
-        proc = spawn(cmd, cfg.parent / "service.log")
+        proc = spawn(cmd, cfg.parent / "service.log", env=env)
 
         def healthy() -> bool:
             if proc.poll() is not None:
@@ -763,7 +768,7 @@ class Bench:
             from confluent_kafka.admin import AdminClient
 
             admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
-            for fmt in ("json", "avro"):
+            for fmt in ("json", "avro", "avro_fastavro"):
                 for workload in workloads:
                     self._kafka_run(admin, broker.bootstrap, fmt, workload)
         finally:
@@ -774,6 +779,10 @@ class Bench:
 
         scenario = "kafka" if fmt == "json" else f"kafka_{fmt}"
         topic = f"bench_{fmt}_{workload}"
+        # avro_fastavro: FORMAT AVRO with every body through fastavro (the reference path
+        # the per-column writers replace): before/after in one run
+        env = {"HELIOSDB_CDC_AVRO_FASTAVRO": "1" if fmt == "avro_fastavro" else ""}
+        fmt = fmt.partition("_")[0]
         admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
         stream = {
             "name": "bench_kafka",
@@ -784,7 +793,7 @@ class Bench:
 
         def start() -> Any:
             cfg, api = self.service_config(f"{scenario}-{workload}", "", streams=[stream])
-            proc = self.start_service(cfg, api)
+            proc = self.start_service(cfg, api, env)
             return (
                 (lambda: stop(proc)),
                 KafkaProgress(api, "bench_kafka"),

@@ -235,8 +235,15 @@ def test_special_values_use_the_string_branch() -> None:
 
 # -- no column types known: the schema inferred per event, remembered per event shape --------------
 _SHAPE_NAMES = ["id", "n", "x", "s", "j", "b"]
-_SHAPE_VALUES = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=5)
-_SHAPE_VALUES = _SHAPE_VALUES | st.lists(_ints, max_size=2) | st.dictionaries(st.text(max_size=2), _ints)
+_SHAPE_VALUES: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(),
+    st.text(max_size=5),
+    st.lists(_ints, max_size=2),
+    st.dictionaries(st.text(max_size=2), _ints),
+)
 
 
 @st.composite
@@ -247,7 +254,7 @@ def shaped_events(draw: st.DrawFn) -> dict[str, Any]:
 
     value = draw(st.none() | st.builds(row))
     old = draw(st.none() | st.builds(row))
-    return orjson.loads(
+    decoded: dict[str, Any] = orjson.loads(
         orjson.dumps(
             {
                 "event_id": "e",
@@ -263,6 +270,7 @@ def shaped_events(draw: st.DrawFn) -> dict[str, Any]:
             }
         )
     )
+    return decoded
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -315,3 +323,24 @@ def test_encoder_headers_and_wire_formats() -> None:
     assert decode_with_schema(payload, headers["heliosdb.avro.schema"])["value"]["doc"] == '{"a":[1]}'
     body = KNOWN.encode_confluent(3, event)
     assert body[:1] == CONFLUENT_MAGIC and body[5:] == KNOWN.encode_body_fastavro(event)
+
+
+def test_fastavro_only_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HELIOSDB_CDC_AVRO_FASTAVRO=1 (the benchmark's reference path): no plan, same bytes."""
+    event = {
+        "timestamp": "2026-01-04T12:00:00Z",
+        "table": "public.orders",
+        "key": {"id": 1},
+        "value": TYPICAL,
+    }
+    monkeypatch.setenv("HELIOSDB_CDC_AVRO_FASTAVRO", "1")
+    reference = AvroSchemaRegistry().schema_for("public.orders", COLUMNS)
+    assert reference.plan is None
+    monkeypatch.setenv("HELIOSDB_CDC_AVRO_FASTAVRO", "0")
+    planned = AvroSchemaRegistry().schema_for("public.orders", COLUMNS)
+    assert planned.plan is not None
+    assert (
+        reference.encode_body(event)
+        == planned.encode_body(event)
+        == planned.plan.body(event, _event_ts_us(event), "public.orders")
+    )
