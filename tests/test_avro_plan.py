@@ -344,3 +344,18 @@ def test_fastavro_only_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         == planned.encode_body(event)
         == planned.plan.body(event, _event_ts_us(event), "public.orders")
     )
+
+
+def test_schema_then_encode_parses_the_body_once() -> None:
+    """Kinesis asks for the schema (to write its .avsc) and then encodes the same event:
+    one parse of the body, and a new event is parsed afresh."""
+    enc = AvroEncoder()
+    body = orjson.dumps({"table": "t", "key": {"id": 1}, "value": {"id": 1}})
+    ev = OutboundEvent("e", 1, "t", "INSERT", b"{}", body, "")
+    schema, event = enc.schema_for(ev)
+    again, event2 = enc.schema_for(ev)
+    assert again is schema and event2 is event
+    other = OutboundEvent("e", 2, "t", "INSERT", b"{}", body, "")
+    assert enc.schema_for(other)[1] is not event
+    payload, _ = asyncio.run(enc.encode(ev))
+    assert payload[10:] == schema.encode_body_fastavro(event)

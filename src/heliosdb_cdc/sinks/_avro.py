@@ -732,14 +732,22 @@ class AvroEncoder:
         self.confluent = confluent
         self._subject = subject
         self._headers: dict[int, dict[str, str]] = {}  # id(schema) -> its self-describing headers
+        # the last event looked up: a sink asking schema_for(ev) then encode(ev) (Kinesis
+        # writes the schema file first) parses the body once
+        self._last: tuple[Any, AvroSchema, dict[str, Any]] | None = None
 
     def set_columns(self, table: str, columns: Sequence[Mapping[str, Any]]) -> AvroSchema:
         return self.registry.set_columns(table, columns)
 
     def schema_for(self, ev: Any) -> tuple[AvroSchema, dict[str, Any]]:
         """The schema and the decoded event (the runner's, else the body parsed once)."""
+        last = self._last
+        if last is not None and last[0] is ev:
+            return last[1], last[2]
         event = ev.event if ev.event is not None else orjson.loads(ev.body)
-        return self.registry.schema_for_decoded(event), event
+        schema = self.registry.schema_for_decoded(event)
+        self._last = (ev, schema, event)
+        return schema, event
 
     async def encode(self, ev: Any) -> tuple[bytes, dict[str, str]]:
         """``(payload, extra headers)`` for one OutboundEvent."""
