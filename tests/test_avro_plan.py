@@ -359,3 +359,6 @@ def test_schema_then_encode_parses_the_body_once() -> None:
     assert enc.schema_for(other)[1] is not event
     payload, _ = asyncio.run(enc.encode(ev))
     assert payload[10:] == schema.encode_body_fastavro(event)
+    # new column types for the table: the same event is looked up again
+    enc.set_columns("t", [{"name": "id", "type_oid": 23, "key": True}])
+    assert enc.schema_for(ev)[0] is not schema

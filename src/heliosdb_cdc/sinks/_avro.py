@@ -60,7 +60,7 @@ import orjson
 from fastavro.schema import to_parsing_canonical_form
 
 from .._errors import SinkError
-from ._avro_plan import Plan, Unsupported, compile_plan
+from ._avro_plan import Plan, compile_plan
 
 # set (to anything but "" or "0"): every body through fastavro, the reference path the
 # per-column writers are compared with (the benchmark's kafka_avro_fastavro scenario)
@@ -449,13 +449,13 @@ class AvroSchema:
         """Avro binary encoding of one event (no header).
 
         Written by the schema's plan from the event's values; an event the plan
-        leaves aside (:class:`Unsupported`, or anything unexpected) goes through
+        leaves aside (``_avro_plan.Unsupported``, or anything unexpected) goes through
         fastavro, which gives the same bytes or the error.
         """
         if self.plan is not None:
             try:
                 return self.plan.body(event, _event_ts_us(event), self.table)
-            except (Unsupported, ValueError, TypeError, OverflowError, AttributeError):
+            except Exception:  # Unsupported, or anything else: fastavro (the reference) decides
                 pass
         return self.encode_body_fastavro(event)
 
@@ -509,11 +509,13 @@ class AvroSchemaRegistry:
         self._by_fp: dict[int, AvroSchema] = {}
         # event shape (table, column names and value types per part) -> schema
         self._by_shape: dict[Any, AvroSchema] = {}
+        self.generation = 0  # bumped by set_columns: what was looked up before may be stale
 
     def set_columns(self, table: str, columns: Sequence[Mapping[str, Any]]) -> AvroSchema:
         """Remember a table's columns (from the decoder's relation message)."""
         self._columns[table] = [dict(c) for c in columns]
         self._by_shape.clear()
+        self.generation += 1
         return self.schema_for(table, columns)
 
     def columns(self, table: str) -> list[dict[str, Any]] | None:
@@ -734,19 +736,19 @@ class AvroEncoder:
         self._headers: dict[int, dict[str, str]] = {}  # id(schema) -> its self-describing headers
         # the last event looked up: a sink asking schema_for(ev) then encode(ev) (Kinesis
         # writes the schema file first) parses the body once
-        self._last: tuple[Any, AvroSchema, dict[str, Any]] | None = None
+        self._last: tuple[Any, int, AvroSchema, dict[str, Any]] | None = None
 
     def set_columns(self, table: str, columns: Sequence[Mapping[str, Any]]) -> AvroSchema:
         return self.registry.set_columns(table, columns)
 
     def schema_for(self, ev: Any) -> tuple[AvroSchema, dict[str, Any]]:
         """The schema and the decoded event (the runner's, else the body parsed once)."""
-        last = self._last
-        if last is not None and last[0] is ev:
-            return last[1], last[2]
+        last, gen = self._last, self.registry.generation
+        if last is not None and last[0] is ev and last[1] == gen:
+            return last[2], last[3]
         event = ev.event if ev.event is not None else orjson.loads(ev.body)
         schema = self.registry.schema_for_decoded(event)
-        self._last = (ev, schema, event)
+        self._last = (ev, gen, schema, event)
         return schema, event
 
     async def encode(self, ev: Any) -> tuple[bytes, dict[str, str]]:
