@@ -13,7 +13,7 @@ present, else 1 for a JSON object or the length of a JSON array. With
 ``--latency`` (or ``POST /_mode?latency=1``) every event is parsed and the
 commit->receipt latency is taken from its commit time: heliosdb-cdc's
 ``timestamp`` field (ISO 8601, microseconds), Debezium's ``source.ts_ms``,
-pgstream's ``commit_timestamp``/``timestamp`` when present.
+pgstream's ``Data.timestamp`` (wal2json's commit time, microseconds).
 
 Control (JSON): ``GET /_stats``, ``POST /_reset``, ``POST /_mode?status=503``
 (answer every delivery with that status: a dead endpoint), ``POST
@@ -53,8 +53,8 @@ class State:
 def _commit_time(ev: Any) -> float | None:
     if not isinstance(ev, dict):
         return None
-    ts = ev.get("timestamp")
-    if isinstance(ts, str) and "T" in ts:
+    ts = ev.get("timestamp")  # heliosdb-cdc: ISO 8601; pgstream (wal2json): "2025-03-13 09:52:47.5793+00"
+    if isinstance(ts, str) and ("T" in ts or " " in ts):
         try:
             return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
         except ValueError:
@@ -65,9 +65,10 @@ def _commit_time(ev: Any) -> float | None:
         if isinstance(src.get("ts_us"), int):
             return float(src["ts_us"]) / 1e6
         return float(src["ts_ms"]) / 1000.0
-    payload = ev.get("payload")
-    if isinstance(payload, dict):
-        return _commit_time(payload)
+    for wrapper in ("payload", "Data"):  # Debezium with schemas; pgstream's webhook body
+        inner = ev.get(wrapper)
+        if isinstance(inner, dict):
+            return _commit_time(inner)
     for k in ("commit_timestamp", "commit_time"):
         v = ev.get(k)
         if isinstance(v, str):

@@ -15,9 +15,12 @@ Scenarios (see BENCHMARKS.md):
   streams        control plane at scale: --streams (1,000) webhook streams created over REST
                  (total and last-100 create time), idle CPU of the service, one DELETE, and one
                  INSERT fanned out to every stream (time until all deliveries arrive)
-  kafka          WAL -> Kafka (JSON), acknowledged (when a broker can be started here)
+  kafka          WAL -> Kafka (JSON), acknowledged (when a broker can be started here); also
+                 kafka_avro (FORMAT AVRO) and kafka_avro_fastavro (the same, every body through
+                 fastavro: HELIOSDB_CDC_AVRO_FASTAVRO=1)
   debezium       Debezium Server 2.7.3 (HTTP sink) on the webhook1 workload + latency at 1,000/s
-  pgstream       pgstream (webhook target), same, when installable
+  pgstream       pgstream (wal2json -> webhook notifier), same workloads and receiver, when
+                 it can be found or built (bench/pgstream_peer.py) and wal2json is installed
 
 Throughput workloads: ``bulk`` (10,000-row transactions) and ``oltp`` (1-10-row
 transactions from 4 pgbench clients) are written while the consumer runs: rate =
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -58,6 +62,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import debezium_server  # noqa: E402
+import pgstream_peer  # noqa: E402
 import workload as wl  # noqa: E402
 
 from heliosdb_cdc._embedded import EmbeddedPostgres, free_port  # noqa: E402
@@ -87,6 +92,7 @@ THROUGHPUT = [
     "webhook10",
     "kafka",
     "kafka_avro",
+    "kafka_avro_fastavro",
     "debezium",
     "pgstream",
 ]
@@ -474,14 +480,16 @@ class Bench:
         path.write_text(yaml.safe_dump(cfg))
         return path, f"http://127.0.0.1:{port}"
 
-    def start_service(self, cfg: Path, api: str) -> subprocess.Popen[bytes]:
+    def start_service(
+        self, cfg: Path, api: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         exe = shutil.which("heliosdb-cdc")
         cmd = (
             [exe, "run", "-c", str(cfg)]
             if exe
             else [sys.executable, "-m", "heliosdb_cdc.cli", "run", "-c", str(cfg)]
         )
-        proc = spawn(cmd, cfg.parent / "service.log")
+        proc = spawn(cmd, cfg.parent / "service.log", env=env)
 
         def healthy() -> bool:
             if proc.poll() is not None:
@@ -760,7 +768,7 @@ class Bench:
             from confluent_kafka.admin import AdminClient
 
             admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
-            for fmt in ("json", "avro"):
+            for fmt in ("json", "avro", "avro_fastavro"):
                 for workload in workloads:
                     self._kafka_run(admin, broker.bootstrap, fmt, workload)
         finally:
@@ -771,6 +779,10 @@ class Bench:
 
         scenario = "kafka" if fmt == "json" else f"kafka_{fmt}"
         topic = f"bench_{fmt}_{workload}"
+        # avro_fastavro: FORMAT AVRO with every body through fastavro (the reference path
+        # the per-column writers replace): before/after in one run
+        env = {"HELIOSDB_CDC_AVRO_FASTAVRO": "1" if fmt == "avro_fastavro" else ""}
+        fmt = fmt.partition("_")[0]
         admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])[topic].result(30)
         stream = {
             "name": "bench_kafka",
@@ -781,7 +793,7 @@ class Bench:
 
         def start() -> Any:
             cfg, api = self.service_config(f"{scenario}-{workload}", "", streams=[stream])
-            proc = self.start_service(cfg, api)
+            proc = self.start_service(cfg, api, env)
             return (
                 (lambda: stop(proc)),
                 KafkaProgress(api, "bench_kafka"),
@@ -840,17 +852,75 @@ class Bench:
                 rec.close()
 
     def sc_pgstream(self, workloads: list[str]) -> None:
+        """pgstream on the webhook1 workloads + latency at 1,000/s, the same receiver: wal2json
+        slot ``pgstream_bench`` (``pgstream init``), one subscription for the table through
+        its API, one event per POST."""
         binary, why = install_pgstream()
         if binary is None:
             self.add({"scenario": "pgstream", "workload": "-", "note": f"not installed: {why}"})
             return
-        self.add(
-            {
-                "scenario": "pgstream",
-                "workload": "-",
-                "note": f"installed at {binary} but not wired up in bench/run.py yet",
-            }
-        )
+        missing = pgstream_peer.wal2json_missing(self.pg.bindir)
+        if missing:
+            self.add({"scenario": "pgstream", "workload": "-", "note": f"not available: {missing}"})
+            return
+        url = f"{self.dsn}?sslmode=disable"
+        slot = "pgstream_bench"
+        for workload in [*(w for w in workloads if w != "catchup"), "latency"]:
+            self.prepare()
+            rec = Receiver(self.workdir, latency=workload == "latency")
+            wd = self.workdir / f"pgstream-{workload}"
+            wd.mkdir(parents=True, exist_ok=True)
+            api = f"127.0.0.1:{free_port()}"
+            env = pgstream_peer.environment(url, slot, api, f"public.{wl.TABLE}")
+            proc = None
+            try:
+                init = subprocess.run(
+                    [str(binary), "init", "--log-level", "error"],
+                    env={**os.environ, **env},
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+                if init.returncode != 0:
+                    raise RuntimeError(f"pgstream init failed: {(init.stdout + init.stderr)[-500:]}")
+                proc = spawn(
+                    [str(binary), "run", "--log-level", "warn"], wd / "pgstream.log", cwd=wd, env=env
+                )
+
+                def ready(proc: subprocess.Popen[bytes] = proc, wd: Path = wd) -> bool:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"pgstream exited: {(wd / 'pgstream.log').read_text()[-1500:]}")
+                    return self.slot_active(slot)
+
+                wait_until(ready, 60, "pgstream's slot")
+                sub = {"url": rec.url, "schema": "public", "table": wl.TABLE, "event_types": ["I", "U", "D"]}
+                subscribe = functools.partial(_try_post, f"http://{api}/webhooks/subscribe", sub)
+                status, body = wait_until(subscribe, 30, "pgstream's subscription API")
+                if status >= 300:
+                    raise RuntimeError(f"POST /webhooks/subscribe: HTTP {status}: {str(body)[:300]}")
+                time.sleep(2.5)  # the subscription cache refreshes every second
+                if workload == "latency":
+                    row = self._latency_run("pgstream", 1000, rec)
+                    row["note"] = "wal2json commit timestamp (µs)"
+                    self.add(row)
+                else:
+                    m = self.measure(workload, rec.stats)
+                    m["peak_rss_mb"] = round(vm_hwm_kb(proc.pid) / 1024, 1)
+                    self.add({"scenario": "pgstream", "workload": workload, **m})
+            except Exception as exc:
+                self.add({"scenario": "pgstream", "workload": workload, "note": f"failed: {str(exc)[:300]}"})
+            finally:
+                stop(proc, 30)
+                rec.close()
+                with contextlib.suppress(Exception):
+                    subprocess.run(
+                        [str(binary), "destroy", "--log-level", "error"],
+                        env={**os.environ, **env},
+                        capture_output=True,
+                        timeout=60,
+                        check=False,
+                    )
 
     # -- driver ----------------------------------------------------------------------------------------
     def run(self, scenarios: list[str], workloads: list[str]) -> None:
@@ -918,29 +988,15 @@ def install_debezium() -> tuple[Path | None, str]:
 
 
 def install_pgstream() -> tuple[Path | None, str]:
-    gobin = CACHE / "gobin"
-    binary = gobin / "pgstream"
-    if binary.exists():
-        return binary, "cached"
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
-    if go is None:
-        return None, "the Go toolchain is not installed"
-    gobin.mkdir(parents=True, exist_ok=True)
+    return pgstream_peer.install_pgstream(CACHE, ROOT, INSTALL_TIMEOUT * 3)
+
+
+def _try_post(url: str, data: Any) -> tuple[int, Any] | None:
+    """POST JSON; None while nothing listens there yet."""
     try:
-        p = subprocess.run(
-            [go, "install", "github.com/xataio/pgstream@latest"],
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT,
-            check=False,
-            env={**os.environ, "GOBIN": str(gobin)},
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"go install timed out after {INSTALL_TIMEOUT}s"
-    if p.returncode != 0 or not binary.exists():
-        msg = re.sub(r"https?://\S+", "<module proxy>", " ".join((p.stderr or p.stdout).split()))
-        return None, f"go install github.com/xataio/pgstream@latest failed: {msg[:200]}"
-    return binary, "installed"
+        return http_post_json(url, data, timeout=10)
+    except OSError:
+        return None
 
 
 def debezium_properties(pg_port: int, url: str, wd: Path) -> str:
@@ -1014,8 +1070,8 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
         for w, rate in wh.items():
             out[f"webhook1_over_receiver_capacity_{w}"] = round(rate / cap, 3)
     for r in results:
-        if r["scenario"] == "debezium" and r.get("rate") and wh.get(r["workload"]):
-            out[f"webhook1_over_debezium_{r['workload']}"] = round(wh[r["workload"]] / r["rate"], 2)
+        if r["scenario"] in ("debezium", "pgstream") and r.get("rate") and wh.get(r["workload"]):
+            out[f"webhook1_over_{r['scenario']}_{r['workload']}"] = round(wh[r["workload"]] / r["rate"], 2)
     return out
 
 

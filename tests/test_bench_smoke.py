@@ -81,3 +81,33 @@ def test_check_ratios_floor() -> None:
     assert run.check_ratios({"null_over_raw_bulk": 0.3}, recorded) == [
         "null_over_raw_catchup not measured in this run (run the scenarios it needs)"
     ]
+
+
+def test_pgstream_scenario_says_why_it_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Go, without the source or without wal2json the pgstream row names what is
+    missing instead of failing the benchmark."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import pgstream_peer
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/pgstream/bin/pgstream
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pgstream on PATH
+    monkeypatch.delenv("HELIOSDB_CDC_PGSTREAM", raising=False)
+    cache, checkout = tmp_path / "cache", tmp_path / "checkout"
+    checkout.mkdir()
+    binary, why = pgstream_peer.install_pgstream(cache, checkout, go="")
+    assert binary is None and "Go toolchain is not installed" in why
+    monkeypatch.setenv("HELIOSDB_CDC_PGSTREAM_SRC", str(tmp_path / "missing.tar.gz"))
+    binary, why = pgstream_peer.install_pgstream(cache, checkout, go="/usr/bin/false")
+    assert binary is None and "no pgstream source" in why
+    fake = cache / "pgstream" / "bin" / "pgstream"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert pgstream_peer.install_pgstream(cache, checkout, go="") == (fake, "cached")
+    why_not = pgstream_peer.wal2json_missing(tmp_path / "15" / "bin")
+    assert why_not is not None and "apt-get install postgresql-15-wal2json" in why_not
+    (tmp_path / "15" / "lib").mkdir(parents=True)
+    (tmp_path / "15" / "lib" / "wal2json.so").write_bytes(b"")
+    assert pgstream_peer.wal2json_missing(tmp_path / "15" / "bin") is None

@@ -46,6 +46,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -61,8 +62,12 @@ from fastavro.schema import to_parsing_canonical_form
 
 from .._errors import SinkError
 from .._event import JsonText
+from ._avro_plan import Plan, compile_plan
 from ._rawjson import exact_event
 
+# set (to anything but "" or "0"): every body through fastavro, the reference path the
+# per-column writers are compared with (the benchmark's kafka_avro_fastavro scenario)
+ENV_FASTAVRO_ONLY = "HELIOSDB_CDC_AVRO_FASTAVRO"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 SCHEMA_HEADER = "heliosdb.avro.schema"
@@ -373,6 +378,29 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 
+def _fastavro_only() -> bool:
+    return os.environ.get(ENV_FASTAVRO_ONLY, "") not in ("", "0")
+
+
+_ts_memo: tuple[Any, int] = (None, 0)
+
+
+def _event_ts_us(event: Mapping[str, Any]) -> int:
+    """The envelope's ``timestamp`` as :meth:`AvroSchema.datum` computes it; the events of
+    one transaction share it, so the last one parsed is kept."""
+    global _ts_memo
+    ts = event.get("timestamp")
+    if ts is None:
+        return 0
+    last, us = _ts_memo
+    if ts == last and type(ts) is type(last):
+        return us
+    parsed = _parse_ts_micros(str(ts))
+    us = 0 if isinstance(parsed, str) else parsed
+    _ts_memo = (ts, us)
+    return us
+
+
 # --------------------------------------------------------------------------- schemas
 
 
@@ -386,6 +414,9 @@ class AvroSchema:
     fingerprint: int  # CRC-64-AVRO of the Parsing Canonical Form
     parsed: Any = field(repr=False, compare=False)
     fields: tuple[_Field, ...] = field(repr=False, compare=False)
+    # column writers for the direct path (``_avro_plan``); None: fastavro for every event
+    plan: Plan | None = field(default=None, repr=False, compare=False)
+    json_text: str = field(default="", repr=False, compare=False)
 
     @property
     def fingerprint_bytes(self) -> bytes:
@@ -394,7 +425,7 @@ class AvroSchema:
 
     @property
     def json(self) -> str:
-        return orjson.dumps(self.schema).decode()
+        return self.json_text or orjson.dumps(self.schema).decode()
 
     @property
     def canonical(self) -> str:
@@ -429,7 +460,21 @@ class AvroSchema:
         }
 
     def encode_body(self, event: Mapping[str, Any]) -> bytes:
-        """Avro binary encoding of one event (no header)."""
+        """Avro binary encoding of one event (no header).
+
+        Written by the schema's plan from the event's values; an event the plan
+        leaves aside (``_avro_plan.Unsupported``, or anything unexpected) goes through
+        fastavro, which gives the same bytes or the error.
+        """
+        if self.plan is not None:
+            try:
+                return self.plan.body(event, _event_ts_us(event), self.table)
+            except Exception:  # Unsupported, or anything else: fastavro (the reference) decides
+                pass
+        return self.encode_body_fastavro(event)
+
+    def encode_body_fastavro(self, event: Mapping[str, Any]) -> bytes:
+        """The same body through ``fastavro.schemaless_writer`` (the reference encoding)."""
         buf = BytesIO()
         try:
             fastavro.schemaless_writer(buf, self.parsed, self.datum(event))
@@ -478,10 +523,15 @@ class AvroSchemaRegistry:
         self._cache: dict[tuple[str, bytes], AvroSchema] = {}
         self._versions: dict[str, list[AvroSchema]] = {}
         self._by_fp: dict[int, AvroSchema] = {}
+        # event shape (table, column names and value types per part) -> schema
+        self._by_shape: dict[Any, AvroSchema] = {}
+        self.generation = 0  # bumped by set_columns: what was looked up before may be stale
 
     def set_columns(self, table: str, columns: Sequence[Mapping[str, Any]]) -> AvroSchema:
         """Remember a table's columns (from the decoder's relation message)."""
         self._columns[table] = [dict(c) for c in columns]
+        self._by_shape.clear()
+        self.generation += 1
         return self.schema_for(table, columns)
 
     def columns(self, table: str) -> list[dict[str, Any]] | None:
@@ -512,6 +562,8 @@ class AvroSchemaRegistry:
                 fingerprint=fp,
                 parsed=fastavro.parse_schema(schema),
                 fields=tuple(fields),
+                plan=None if _fastavro_only() else compile_plan(fields, _convert_value),
+                json_text=orjson.dumps(schema).decode(),
             )
             versions.append(found)
             self._by_fp[fp] = found
@@ -527,6 +579,36 @@ class AvroSchemaRegistry:
         if cols is None:
             cols = _columns_from_event(event)
         return self.schema_for(table, cols)
+
+    def schema_for_decoded(self, event: Mapping[str, Any]) -> AvroSchema:
+        """:meth:`schema_for_event` without columns, remembered per event shape.
+
+        The schema :meth:`schema_for_event` picks depends only on the table, the
+        table's known columns, or else the names, order and value types of the
+        event's ``value``, ``old_value`` and ``key``: events of one shape get the
+        schema the first of them got, without deriving it again.
+        """
+        table = str(event.get("table", ""))
+        if table in self._columns:
+            shape: Any = (table,)
+        else:
+            parts: list[tuple[tuple[str, ...], tuple[type, ...]] | None] = []
+            for part in ("value", "old_value", "key"):
+                row = event.get(part)
+                if not row:
+                    parts.append(None)
+                elif type(row) is dict:
+                    parts.append((tuple(row), tuple(map(type, row.values()))))
+                else:
+                    return self.schema_for_event(event)  # an odd event: no shortcut
+            shape = (table, *parts)
+        found = self._by_shape.get(shape)
+        if found is None:
+            found = self.schema_for_event(event)
+            if len(self._by_shape) >= 4096:
+                self._by_shape.clear()
+            self._by_shape[shape] = found
+        return found
 
     def versions(self, table: str) -> list[AvroSchema]:
         return list(self._versions.get(table, []))
@@ -667,17 +749,27 @@ class AvroEncoder:
         self.registry = registry or AvroSchemaRegistry()
         self.confluent = confluent
         self._subject = subject
+        self._headers: dict[int, dict[str, str]] = {}  # id(schema) -> its self-describing headers
+        # the last event looked up: a sink asking schema_for(ev) then encode(ev) (Kinesis
+        # writes the schema file first) parses the body once
+        self._last: tuple[Any, int, AvroSchema, dict[str, Any]] | None = None
 
     def set_columns(self, table: str, columns: Sequence[Mapping[str, Any]]) -> AvroSchema:
         return self.registry.set_columns(table, columns)
 
     def schema_for(self, ev: Any) -> tuple[AvroSchema, dict[str, Any]]:
-        # the stored event read exactly (json text, every digit); the decoded event when
-        # the body is not the default event (a transformation's output)
+        """The schema and the event read exactly (json text, every digit), else the
+        runner's decoded event when the body is not the default event (a transformation's
+        output); remembered for the ``encode`` that follows."""
+        last, gen = self._last, self.registry.generation
+        if last is not None and last[0] is ev and last[1] == gen:
+            return last[2], last[3]
         event = exact_event(ev.body)
         if event is None or (ev.event is not None and event.get("event_id") != ev.event.get("event_id")):
             event = ev.event if ev.event is not None else json.loads(ev.body, parse_float=Decimal)
-        return self.registry.schema_for_event(event), event
+        schema = self.registry.schema_for_decoded(event)
+        self._last = (ev, gen, schema, event)
+        return schema, event
 
     async def encode(self, ev: Any) -> tuple[bytes, dict[str, str]]:
         """``(payload, extra headers)`` for one OutboundEvent."""
@@ -690,7 +782,8 @@ class AvroEncoder:
             )
             sid = await self.confluent.register(subject, schema)
             return schema.encode_confluent(sid, event), {}
-        return schema.encode_single_object(event), {
-            SCHEMA_HEADER: schema.json,
-            FINGERPRINT_HEADER: f"{schema.fingerprint:016x}",
-        }
+        headers = self._headers.get(id(schema))
+        if headers is None:
+            headers = {SCHEMA_HEADER: schema.json, FINGERPRINT_HEADER: f"{schema.fingerprint:016x}"}
+            self._headers[id(schema)] = headers  # the registry keeps every schema: ids stay unique
+        return schema.encode_single_object(event), dict(headers)
