@@ -130,7 +130,8 @@ class WebhookServer:
         role: str | None = None,
         **overrides: Any,
     ) -> None:
-        """``role``: None (capture and delivery in one process) or ``"capture"`` (_ha.py)."""
+        """``role``: None (capture and delivery in one process), ``"capture"`` (_ha.py) or
+        ``"worker"`` (_worker_role.py)."""
         if config is None:
             config = Config()
         elif isinstance(config, (str, Path)):
@@ -147,7 +148,7 @@ class WebhookServer:
 
         check_role(config, role)
         self.role = role
-        self.ha: Any = None  # the capture role's leader election (_ha.CaptureRole)
+        self.ha: Any = None  # the role's part: _ha.CaptureRole or _worker_role.WorkerRole
         self.store: Store | None = None
         self.log: LocalLog | None = None
         self.capture: Capture | None = None
@@ -216,6 +217,9 @@ class WebhookServer:
         cfg = self.config
         if self.role == "capture":
             await self._start_capture_role(serve_http)
+            return
+        if self.role == "worker":
+            await self._start_worker_role(serve_http)
             return
         if serve_http:
             from .server import check_http_security
@@ -292,6 +296,26 @@ class WebhookServer:
         await self.ha.start()
         self._started = True
         log.info("heliosdb-cdc running: role capture (%s)", self.ha.holder)
+
+    async def _start_worker_role(self, serve_http: bool) -> None:
+        """Delivery only, from the Kafka journal, in the workers' consumer group."""
+        from ._worker_role import WorkerRole
+
+        if serve_http:
+            from .server import check_http_security
+
+            check_http_security(self.config)
+        self.store = open_store(self.config)
+        self.exactly_once = ExactlyOnce(self.store, self.config.webhook.exactly_once.window_secs)
+        await self._reconcile_config()
+        if serve_http:
+            from .server import start_http
+
+            self._http = await start_http(self)
+        self.ha = WorkerRole(self)
+        await self.ha.start()
+        self._started = True
+        log.info("heliosdb-cdc running: role worker (%s), %d stream(s)", self.ha.holder, len(self.runners))
 
     async def stop(self) -> None:
         """Drain in-flight deliveries, checkpoint, stop capture."""
@@ -879,17 +903,18 @@ class WebhookServer:
         """``row`` (its catalog row), ``dead_letters`` (its count) and ``snapshots`` (the
         stored snapshots of all streams) when the caller has them already: the overview of
         every stream reads each once for all streams, not once per stream."""
-        assert self.store is not None and self.log is not None
+        assert self.store is not None
         if row is None:
             row = self.store.get_stream(name)
         runner = self.runners.get(name)
         cfg = row["config"]
         st = runner.stats if runner else None
         cap = self.capture.status if self.capture else None
-        lag_events = (self.log.last_seq - runner.cursor) if runner else 0
+        journal = self.log if self.log is not None else runner.log if runner else None  # (--role worker)
+        lag_events = (journal.last_seq - runner.cursor) if runner and journal else 0
         lag_seconds = 0.0
-        if runner and lag_events > 0 and runner.cursor < self.log.last_seq:
-            first = self.log.read_memory(runner.cursor + 1, 1)
+        if runner and journal and lag_events > 0 and runner.cursor < journal.last_seq:
+            first = journal.read_memory(runner.cursor + 1, 1)
             if first:
                 lag_seconds = max(0.0, time.time() - first[0].ts_us / 1e6)
         endpoint = runner.endpoint if runner else cfg["destination"]["address"]

@@ -100,6 +100,8 @@ def build_app(service: WebhookServer) -> web.Application:
         }
         if service.role == "capture":
             body["leader"] = bool(service.leader)  # a standby is healthy too: it waits
+        elif service.role == "worker" and service.ha is not None:
+            body["partitions"] = service.ha.describe()["partitions"]  # of the journal topic
         return _json(body, 200 if status == "ok" else 503)
 
     @routes.get("/metrics")
