@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 import requests
 import yaml
+from confluent_kafka import Consumer, TopicPartition
 
 from heliosdb_cdc._embedded import free_port
 from tests.plugins.postgres import PgDatabase
@@ -42,6 +43,7 @@ class Proc:
             "source": {"dsn": pg.dsn, "tables": ["public.*"], "status_interval_secs": 1},
             "webhook": {"bind_address": f"127.0.0.1:{port}", "retry": {"initial_delay_ms": 50}},
             "cdc": {"poll_interval_ms": 20},
+            "logging": {"level": os.environ.get("KW_LEVEL", "INFO")},
             "journal": {
                 "kafka": {
                     "bootstrap_servers": kafka,
@@ -119,7 +121,7 @@ def _all_partitions(workers: list[Proc]) -> bool:
     return sorted(held) == list(range(PARTITIONS))
 
 
-def _write(pg: PgDatabase, tables: int, rows: int, rounds: range) -> None:
+def _write(pg: PgDatabase, tables: int, rows: int, rounds: range, pause: float = 0.0) -> None:
     """Rounds of updates: in each, every row of every table gets v = round + 1."""
     conn = psycopg2.connect(pg.dsn)
     with conn.cursor() as cur:
@@ -127,6 +129,7 @@ def _write(pg: PgDatabase, tables: int, rows: int, rounds: range) -> None:
             for t in range(tables):
                 cur.execute(f"UPDATE t{t} SET v = %s", (r + 1,))
             conn.commit()
+            time.sleep(pause)
     conn.close()
 
 
@@ -157,6 +160,25 @@ def _check(rec: Receiver, tables: int, rows: int, rounds: int) -> int:
     return repeats
 
 
+def _lag(kafka: str, topic: str) -> dict[int, tuple[int, int]]:
+    """Per partition of the journal: (committed offset of the workers' group, end offset)."""
+    c = Consumer({"bootstrap.servers": kafka, "group.id": f"heliosdb-cdc-delivery-{topic}"})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        out = {}
+        for tp in c.committed(tps, timeout=10):
+            _low, high = c.get_watermark_offsets(tp, timeout=10)
+            out[tp.partition] = (tp.offset, high)
+        return out
+    finally:
+        c.close()
+
+
+def _caught_up(kafka: str, topic: str) -> bool:
+    # the end offset is past the last transaction's commit marker (one offset)
+    return all(high - committed <= 1 for committed, high in _lag(kafka, topic).values())
+
+
 def _tables(pg: PgDatabase, tables: int, rows: int) -> None:
     for t in range(tables):
         pg.execute(f"CREATE TABLE t{t} (id int PRIMARY KEY, v int)")
@@ -185,6 +207,8 @@ async def test_one_worker_delivers_every_change(
         await asyncio.to_thread(_write, pg_db, 2, 10, range(20))
         await receiver.wait_for(400, 60)
         assert _check(receiver, 2, 10, 20) == 0  # no failure: nothing twice
+        # offsets are committed once the deliveries are recorded
+        await _wait(lambda: _caught_up(kafka_bootstrap, topic), 20, f"offsets {_lag(kafka_bootstrap, topic)}")
         # the shared state answers on the worker's API too
         r = requests.post(w1.api + "/sql", data="SHOW CDC STREAMS", timeout=5)
         assert r.status_code == 200 and "hook" in r.text, r.text
@@ -202,16 +226,16 @@ async def test_kill_9_worker_others_take_its_partitions(
     try:
         await _wait(cap.is_leader, 60, "the capture leader")
         await _wait(lambda: _all_partitions(workers) and all(w.partitions() for w in workers), 60, "2 workers")
-        writer = asyncio.create_task(asyncio.to_thread(_write, pg_db, 3, 10, range(40)))
-        await receiver.wait_for(200, 60)
+        writer = asyncio.create_task(asyncio.to_thread(_write, pg_db, 3, 10, range(60), 0.05))
+        await _wait_unique(receiver, 600, 60)  # both workers delivering, offsets committed
         workers[0].kill()
         killed = time.monotonic()
         await _wait(lambda: workers[1].partitions() == list(range(PARTITIONS)), 30, "the partitions to move")
         print(f"\npartitions moved {time.monotonic() - killed:.1f}s after kill -9")
         await writer
-        await _wait_unique(receiver, 1200, 60)
+        await _wait_unique(receiver, 1800, 60)
         await asyncio.sleep(1.0)  # a late repeat would arrive now
-        print(f"repeats (same event id): {_check(receiver, 3, 10, 40)}")
+        print(f"repeats (same event id): {_check(receiver, 3, 10, 60)}")
     finally:
         for p in [cap, *workers]:
             p.stop()

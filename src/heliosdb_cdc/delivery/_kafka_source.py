@@ -174,7 +174,14 @@ class JournalSource:
 
     def load_delivered(self, store: Store, after_seq: int) -> None:
         if self.dedupe:
-            self._skip |= store.delivered_after(self.endpoint, after_seq)
+            found = store.delivered_after(self.endpoint, after_seq)
+            self._skip |= found
+            log.info(
+                "stream %s: %d event(s) after sequence %d delivered before: skipped",
+                self.name,
+                len(found),
+                after_seq,
+            )
 
     def first_unfinished(self, partition: int) -> int | None:
         """The offset of the partition's first record this stream has not finished and
@@ -313,7 +320,7 @@ class JournalConsumer:
     def start(self) -> None:
         from confluent_kafka import Consumer
 
-        self._consumer = Consumer(self.conf)
+        self._consumer = Consumer({**self.conf, "on_commit": self._on_commit})
         self._consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -415,6 +422,7 @@ class JournalConsumer:
         offsets = {p: o for p, o in self._offsets(partitions).items() if o > self._committed.get(p, -1)}
         if not offsets:
             return
+        log.debug("committing journal offsets %s", offsets)
         tps = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
         try:
             self._consumer.commit(offsets=tps, asynchronous=asynchronous)
@@ -422,6 +430,15 @@ class JournalConsumer:
             log.warning("committing journal offsets: %s", exc.args[0].str())
             return
         self._committed.update(offsets)
+
+    def _on_commit(self, err: Any, partitions: list[Any]) -> None:
+        failed = [tp for tp in partitions if tp.error is not None]
+        if err is not None or failed:
+            log.warning("committing journal offsets failed: %s", err or failed[0].error)
+            for tp in partitions:  # committed again with the next round
+                self._committed.pop(tp.partition, None)
+        else:
+            log.debug("journal offsets committed: %s", {tp.partition: tp.offset for tp in partitions})
 
     # -- rebalances (called inside consume, on the thread) ---------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
