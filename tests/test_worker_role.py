@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg2
 import pytest
 import requests
@@ -33,7 +34,9 @@ PARTITIONS = 6
 class Proc:
     """One heliosdb-cdc process: ``--role capture`` or ``--role worker``."""
 
-    def __init__(self, tmp: Path, name: str, role: str, pg: PgDatabase, kafka: str, topic: str, hook: str) -> None:
+    def __init__(
+        self, tmp: Path, name: str, role: str, pg: PgDatabase, kafka: str, topic: str, hook: str
+    ) -> None:
         port = free_port()
         self.name = name
         self.api = f"http://127.0.0.1:{port}"
@@ -225,7 +228,9 @@ async def test_kill_9_worker_others_take_its_partitions(
     workers = [Proc(tmp_path, f"w{i}", "worker", pg_db, kafka_bootstrap, topic, receiver.url) for i in (1, 2)]
     try:
         await _wait(cap.is_leader, 60, "the capture leader")
-        await _wait(lambda: _all_partitions(workers) and all(w.partitions() for w in workers), 60, "2 workers")
+        await _wait(
+            lambda: _all_partitions(workers) and all(w.partitions() for w in workers), 60, "2 workers"
+        )
         writer = asyncio.create_task(asyncio.to_thread(_write, pg_db, 3, 10, range(60), 0.05))
         await _wait_unique(receiver, 600, 60)  # both workers delivering, offsets committed
         workers[0].kill()
@@ -238,4 +243,133 @@ async def test_kill_9_worker_others_take_its_partitions(
         print(f"repeats (same event id): {_check(receiver, 3, 10, 60)}")
     finally:
         for p in [cap, *workers]:
+            p.stop()
+
+
+SCALE_CHANGES = int(os.environ.get("HELIOSDB_CDC_SCALE_CHANGES", "10000"))
+SCALE_TABLES = int(os.environ.get("HELIOSDB_CDC_SCALE_TABLES", "10"))
+SCALE_WRITE_SECS = float(os.environ.get("HELIOSDB_CDC_SCALE_WRITE_SECS", "15"))
+
+
+def _write_mixed(pg: PgDatabase, tables: int, changes: int, secs: float) -> int:
+    """Transactions of an INSERT, an UPDATE and a DELETE (on a row inserted earlier) on
+    one table each, spread over about ``secs``; returns the changes made (rows)."""
+    conn = psycopg2.connect(pg.dsn)
+    made = 0
+    i = 0
+    t0 = time.monotonic()
+    with conn.cursor() as cur:
+        while made < changes:
+            t = i % tables
+            cur.execute(f"INSERT INTO t{t} (id, v) VALUES (%s, 1)", (1000 + i,))
+            made += cur.rowcount
+            if made < changes:
+                cur.execute(f"UPDATE t{t} SET v = v + 1 WHERE id = %s", (1000 + i - tables * 2,))
+                made += cur.rowcount
+            if made < changes:
+                cur.execute(f"DELETE FROM t{t} WHERE id = %s", (1000 + i - tables * 5,))
+                made += cur.rowcount
+            conn.commit()
+            i += 1
+            ahead = t0 + secs * made / changes - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    conn.close()
+    return made
+
+
+def _check_mixed(rec: Receiver) -> tuple[int, int]:
+    """Per row, new changes arrive in commit (journal sequence) order; a repeat carries
+    an event id seen before with the same content. Returns (distinct events, repeats)."""
+    seen: dict[str, bytes] = {}
+    last: dict[tuple[str, bytes], int] = {}
+    repeats = 0
+    for r in rec.requests:
+        ev = r.json
+        assert r.headers["X-HeliosDB-Event-ID"] == ev["event_id"]
+        if ev["event_id"] in seen:
+            assert seen[ev["event_id"]] == r.body, ev["event_id"]
+            repeats += 1
+            continue
+        seen[ev["event_id"]] = r.body
+        row = (ev["table"], orjson.dumps(ev["key"]))
+        assert ev["sequence"] > last.get(row, 0), f"{row}: {ev['sequence']} after {last.get(row)}"
+        last[row] = ev["sequence"]
+    return len(seen), repeats
+
+
+async def test_scale_out_capture_ha_and_workers_under_faults(
+    pg_db: PgDatabase, kafka_bootstrap: str, receiver: Receiver, tmp_path: Path, topic: str
+) -> None:
+    """The issue's scenario at a CI size (HELIOSDB_CDC_SCALE_CHANGES / _TABLES for the
+    full 100,000 / 50): 2 capture instances and 3 workers; kill -9 of the capture leader
+    twice and of a worker three times, a worker added and one removed mid-run."""
+    for t in range(SCALE_TABLES):
+        pg_db.execute(f"CREATE TABLE t{t} (id int PRIMARY KEY, v int)")
+    n = iter(range(100))
+
+    def start(role: str) -> Proc:
+        return Proc(tmp_path, f"{role}{next(n)}", role, pg_db, kafka_bootstrap, topic, receiver.url)
+
+    caps = [start("capture") for _ in range(2)]
+    workers = [start("worker") for _ in range(3)]
+    procs = [*caps, *workers]
+
+    def live(ps: list[Proc]) -> list[Proc]:
+        return [p for p in ps if p.proc.poll() is None]
+
+    async def settled() -> float:
+        return await _wait(lambda: _all_partitions(live(workers)), 60, "the partitions to settle")
+
+    async def kill_worker(i: int) -> None:
+        w = live(workers)[i]
+        w.kill()
+        t = time.monotonic()
+        workers.remove(w)
+        workers.append(start("worker"))  # a restarted worker rejoins
+        procs.append(workers[-1])
+        await _wait(
+            lambda: _all_partitions(live(workers)) and all(x.partitions() for x in live(workers)),
+            60,
+            "rebalance",
+        )
+        print(f"worker kill -9: partitions held again after {time.monotonic() - t:.1f}s")
+
+    async def kill_leader() -> None:
+        leader = next(c for c in caps if c.is_leader())
+        leader.kill()
+        caps.remove(leader)
+        took = await _wait(lambda: any(c.is_leader() for c in caps), 60, "a new capture leader")
+        print(f"capture leader kill -9: takeover after {took:.1f}s")
+        caps.append(start("capture"))  # back as a standby
+        procs.append(caps[-1])
+
+    try:
+        await _wait(lambda: any(c.is_leader() for c in caps), 60, "a capture leader")
+        await settled()
+        writer = asyncio.create_task(
+            asyncio.to_thread(_write_mixed, pg_db, SCALE_TABLES, SCALE_CHANGES, SCALE_WRITE_SECS)
+        )
+        await asyncio.sleep(2)
+        await kill_worker(0)
+        await kill_leader()
+        await kill_worker(1)
+        added = start("worker")
+        workers.append(added)
+        procs.append(added)
+        took = await _wait(added.partitions, 60, "the added worker to take partitions")
+        print(f"worker added: holds {added.partitions()} after {took:.1f}s")
+        await kill_leader()
+        await kill_worker(0)
+        removed = live(workers)[1]
+        removed.stop()  # a clean stop gives its partitions back
+        await _wait(lambda: _all_partitions(live(workers)), 60, "the removed worker's partitions")
+        made = await writer
+        await _wait_unique(receiver, made, 120)
+        await asyncio.sleep(1.0)  # a late repeat would arrive now
+        distinct, repeats = _check_mixed(receiver)
+        print(f"changes {made}, delivered {distinct} distinct, {repeats} repeats (same event id)")
+        assert distinct == made
+    finally:
+        for p in procs:
             p.stop()
