@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._config import StreamConfig
 from ._errors import SourceFatalError
 from ._metrics import forget_stream
-from .delivery import StreamRunner, make_router
-from .delivery._kafka_source import GlobalSeqSink, JournalConsumer, JournalSource, WorkerStore
+from .delivery import GlobalSeqSink, JournalConsumer, JournalSource, StreamRunner, WorkerStore, make_router
 from .pipeline import build_formatter
 from .postgres import debezium_column_rows
 

@@ -6,6 +6,17 @@ It imports nothing from capture (``postgres/``).
 """
 
 from ._circuit import CircuitBreaker, CircuitBreakerRegistry, CircuitState
+from ._kafka_source import GlobalSeqSink, JournalConsumer, JournalSource, WorkerStore
 from ._runner import StreamRunner, make_router
 
-__all__ = ["CircuitBreaker", "CircuitBreakerRegistry", "CircuitState", "StreamRunner", "make_router"]
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerRegistry",
+    "CircuitState",
+    "GlobalSeqSink",
+    "JournalConsumer",
+    "JournalSource",
+    "StreamRunner",
+    "WorkerStore",
+    "make_router",
+]
