@@ -373,3 +373,19 @@ async def test_scale_out_capture_ha_and_workers_under_faults(
     finally:
         for p in procs:
             p.stop()
+
+
+def test_role_worker_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from heliosdb_cdc.cli import main as cli_main
+
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path)}))
+    assert cli_main(["run", "-c", str(path), "--role", "worker"]) == 2
+    assert "--role worker needs the state in PostgreSQL (state.url" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "state": {"url": "postgresql://h/db"}}))
+    assert cli_main(["run", "-c", str(path), "--role", "worker"]) == 2
+    assert "--role worker needs journal.kafka" in capsys.readouterr().err
+    journal = {"kafka": {"bootstrap_servers": "127.0.0.1:9092", "topic": "t", "group_id": ""}}
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "journal": journal}))
+    assert cli_main(["run", "-c", str(path), "--role", "worker"]) == 2
+    assert "journal.kafka.group_id" in capsys.readouterr().err
