@@ -69,6 +69,7 @@ class WorkerRole:
         )
         self.sources: dict[str, JournalSource] = {}
         self._configs: dict[str, dict[str, Any]] = {}
+        self._refused: dict[str, dict[str, Any]] = {}  # streams this worker cannot deliver
         self._task: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -117,7 +118,7 @@ class WorkerRole:
                 await self._stop_runner(name, keep_source=True)
                 runner = None
                 await self._start_runner(row, cursor)
-            elif name not in self.sources:
+            elif name not in self.sources and self._refused.get(name) != row["config"]:
                 runner = await self._start_runner(row, 0)
             if runner is not None:
                 if row["state"] == "paused" and not runner.paused:
@@ -141,6 +142,7 @@ class WorkerRole:
                 )
             predicate, transform = service._compile(cfg, endpoint)
         except Exception as exc:
+            self._refused[name] = row["config"]  # tried again when its configuration changes
             log.error("stream %s not started: %s", name, exc)
             await asyncio.to_thread(store.set_error, name, f"--role worker: {exc}")
             return None
