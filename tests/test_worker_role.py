@@ -389,3 +389,34 @@ def test_role_worker_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "journal": journal}))
     assert cli_main(["run", "-c", str(path), "--role", "worker"]) == 2
     assert "journal.kafka.group_id" in capsys.readouterr().err
+
+
+async def test_instances_starting_together_reconcile_the_same_config(
+    pg_db: PgDatabase, tmp_path: Path
+) -> None:
+    """Two instances on one state database start at once with the same declared stream:
+    the one that finds it created between its catalog read and its insert goes on (it
+    failed with "stream 'hook' already exists" before)."""
+    from heliosdb_cdc import WebhookServer
+    from heliosdb_cdc._config import Config
+    from heliosdb_cdc.store import PostgresStore
+
+    cfg = {
+        "state_dir": str(tmp_path),
+        "state": {"url": pg_db.dsn},
+        "source": {"dsn": pg_db.dsn},
+        "streams": [{"name": "hook", "tables": ["*"], "destination": {"type": "memory", "address": "m"}}],
+    }
+    a = WebhookServer(Config.model_validate(cfg))
+    b = WebhookServer(Config.model_validate(cfg))
+    a.store = PostgresStore(pg_db.dsn, "heliosdb_cdc")
+    b.store = PostgresStore(pg_db.dsn, "heliosdb_cdc")
+    try:
+        stale = b.store.list_streams()  # b read the catalog before a created the stream
+        b.store.list_streams = lambda: stale  # type: ignore[method-assign]
+        await a._reconcile_config()
+        await b._reconcile_config()
+        assert [r["name"] for r in a.store.list_streams()] == ["hook"]
+    finally:
+        a.store.close()
+        b.store.close()

@@ -512,16 +512,21 @@ class WebhookServer:
             data = stream_to_json(cfg)
             row = existing.get(cfg.name)
             if row is None:
-                self.store.create_stream(cfg.name, data, "config", "running")
-                self.store.checkpoint(cfg.name, self.log.last_seq if self.log else 0)
-                created.append(cfg.name)
-            elif row["config"] != data:
+                try:
+                    self.store.create_stream(cfg.name, data, "config", "running")
+                except StreamExists:  # another instance on the same state created it just now
+                    row = self.store.get_stream(cfg.name)
+                else:
+                    self.store.checkpoint(cfg.name, self.log.last_seq if self.log else 0)
+                    created.append(cfg.name)
+            if row is not None and row["config"] != data:
                 self.store.update_stream_config(cfg.name, data)
                 updated.append(cfg.name)
         names = {c.name for c in declared}
         for name, row in existing.items():
             if row["origin"] == "config" and name not in names:
-                self.store.drop_stream(name)
+                with contextlib.suppress(StreamNotFound):  # another instance dropped it just now
+                    self.store.drop_stream(name)
                 removed.append(name)
         if created or updated or removed:
             log.info(
