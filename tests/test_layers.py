@@ -38,7 +38,7 @@ TOP_LEVEL = {
         "_yaml",
         "receiver",  # the receiver-side helpers for users: imports nothing of ours
     },
-    "service": {"_service", "_catalog", "_status", "_preflight", "_tables", "_embedded", "_ha"},
+    "service": {"_service", "_catalog", "_status", "_preflight", "_tables", "_embedded", "_ha", "_worker_role"},
     "cli": {"cli", "demo", "__init__"},  # entry points and the package's public face
 }
 SUBPACKAGES = {"journal", "store", "postgres", "pipeline", "sinks", "delivery", "sql", "server"}

@@ -16,6 +16,7 @@ gone under their name) for the stream status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 
 from ._config import Config, Destination, FilterConfig, StreamConfig, WebhookRegistration
-from ._errors import CdcError, SourceError
+from ._errors import CdcError, SourceError, StreamExists, StreamNotFound
 from ._input import pattern_warnings
 from ._metrics import TABLE_CHANGES, TABLE_MISSING
 from .pipeline import check_stream_format
@@ -122,16 +123,21 @@ class Catalog:
             data = stream_to_json(cfg)
             row = existing.get(cfg.name)
             if row is None:
-                self.store.create_stream(cfg.name, data, "config", "running")
-                self.store.checkpoint(cfg.name, last_seq)
-                created.append(cfg.name)
-            elif row["config"] != data:
+                try:
+                    self.store.create_stream(cfg.name, data, "config", "running")
+                except StreamExists:  # another instance on the same state created it just now
+                    row = self.store.get_stream(cfg.name)
+                else:
+                    self.store.checkpoint(cfg.name, last_seq)
+                    created.append(cfg.name)
+            if row is not None and row["config"] != data:
                 self.store.update_stream_config(cfg.name, data)
                 updated.append(cfg.name)
         names = {c.name for c in declared}
         for name, row in existing.items():
             if row["origin"] == "config" and name not in names:
-                self.store.drop_stream(name)
+                with contextlib.suppress(StreamNotFound):  # another instance dropped it just now
+                    self.store.drop_stream(name)
                 removed.append(name)
         if created or updated or removed:
             log.info(

@@ -327,7 +327,8 @@ class StateConfig(_Model):
 
 
 class KafkaJournalConfig(_Model):
-    """``journal.kafka``: capture publishes every record to this topic (``--role capture``)."""
+    """``journal.kafka``: capture publishes every record to this topic (``--role capture``);
+    workers deliver from it (``--role worker``)."""
 
     bootstrap_servers: str
     topic: str
@@ -337,6 +338,8 @@ class KafkaJournalConfig(_Model):
     lease_secs: float = Field(5.0, ge=1, le=300)
     timeout_s: float = Field(30.0, gt=0, le=3600)
     options: dict[str, str] = Field(default_factory=dict)  # librdkafka settings (security.protocol...)
+    # --role worker: the consumer group of the delivery workers (default heliosdb-cdc-delivery-<topic>)
+    group_id: str | None = Field(None, min_length=1, max_length=249)
 
     @field_validator("topic")
     @classmethod

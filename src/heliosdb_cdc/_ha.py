@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("heliosdb_cdc.ha")
 
-ROLES = ("capture",)
+ROLES = ("capture", "worker")
 RENEW_SECS = 1.0
 
 
@@ -41,8 +41,8 @@ def check_role(cfg: Config, role: str | None) -> None:
     if role is None:
         if cfg.journal.kafka is not None:
             raise ConfigError(
-                "journal.kafka is for --role capture: the all-in-one process (no --role) keeps "
-                "the local log; run with --role capture, or remove journal.kafka",
+                "journal.kafka is for --role capture and --role worker: the all-in-one process "
+                "(no --role) keeps the local log; run with --role, or remove journal.kafka",
                 key_path="journal.kafka",
             )
         return
@@ -50,14 +50,14 @@ def check_role(cfg: Config, role: str | None) -> None:
         raise ConfigError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     if cfg.state.url is None:
         raise ConfigError(
-            "--role capture needs the state in PostgreSQL (state.url: postgresql://...): the "
-            "capture instances share their lease and catalog there",
+            f"--role {role} needs the state in PostgreSQL (state.url: postgresql://...): the "
+            "instances share their catalog (and capture's lease) there",
             key_path="state.url",
         )
     if cfg.journal.kafka is None:
         raise ConfigError(
-            "--role capture needs journal.kafka (bootstrap_servers, topic): the topic capture "
-            "publishes every change to",
+            f"--role {role} needs journal.kafka (bootstrap_servers, topic): the topic capture "
+            "publishes every change to and workers deliver from",
             key_path="journal.kafka",
         )
 

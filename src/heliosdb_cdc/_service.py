@@ -90,7 +90,8 @@ class WebhookServer:
         role: str | None = None,
         **overrides: Any,
     ) -> None:
-        """``role``: None (capture and delivery in one process) or ``"capture"`` (_ha.py)."""
+        """``role``: None (capture and delivery in one process), ``"capture"`` (_ha.py) or
+        ``"worker"`` (_worker_role.py)."""
         if config is None:
             config = Config()
         elif isinstance(config, (str, Path)):
@@ -107,7 +108,7 @@ class WebhookServer:
 
         check_role(config, role)
         self.role = role
-        self.ha: Any = None  # the capture role's leader election (_ha.CaptureRole)
+        self.ha: Any = None  # the role's part: _ha.CaptureRole or _worker_role.WorkerRole
         self.store: Store | None = None
         self.log: LocalLog | None = None
         self.capture: Capture | None = None
@@ -171,6 +172,9 @@ class WebhookServer:
         cfg = self.config
         if self.role == "capture":
             await self._start_capture_role(serve_http)
+            return
+        if self.role == "worker":
+            await self._start_worker_role(serve_http)
             return
         if serve_http:
             from .server import check_http_security
@@ -249,6 +253,27 @@ class WebhookServer:
         await self.ha.start()
         self._started = True
         log.info("heliosdb-cdc running: role capture (%s)", self.ha.holder)
+
+    async def _start_worker_role(self, serve_http: bool) -> None:
+        """Delivery only, from the Kafka journal, in the workers' consumer group."""
+        from ._worker_role import WorkerRole
+
+        if serve_http:
+            from .server import check_http_security
+
+            check_http_security(self.config)
+        self.store = open_store(self.config)
+        self.exactly_once = ExactlyOnce(self.store, self.config.webhook.exactly_once.window_secs)
+        self.catalog.open(self.store)
+        await self.catalog.reconcile_config(0)  # no local log in this role
+        if serve_http:
+            from .server import start_http
+
+            self._http = await start_http(self)
+        self.ha = WorkerRole(self)
+        await self.ha.start()
+        self._started = True
+        log.info("heliosdb-cdc running: role worker (%s), %d stream(s)", self.ha.holder, len(self.runners))
 
     async def stop(self) -> None:
         """Drain in-flight deliveries, checkpoint, stop capture."""

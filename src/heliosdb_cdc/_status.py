@@ -32,6 +32,8 @@ def health(self: WebhookServer) -> dict[str, Any]:
     }
     if self.role == "capture":
         body["leader"] = bool(self.leader)  # a standby is healthy too: it waits
+    elif self.role == "worker" and self.ha is not None:
+        body["partitions"] = self.ha.describe()["partitions"]  # of the journal topic
     return body
 
 
@@ -96,17 +98,18 @@ def stream_status(
     """``row`` (its catalog row), ``dead_letters`` (its count) and ``snapshots`` (the
     stored snapshots of all streams) when the caller has them already: the overview of
     every stream reads each once for all streams, not once per stream."""
-    assert self.store is not None and self.log is not None
+    assert self.store is not None
     if row is None:
         row = self.store.get_stream(name)
     runner = self.runners.get(name)
     cfg = row["config"]
     st = runner.stats if runner else None
     cap = self.capture.status if self.capture else None
-    lag_events = (self.log.last_seq - runner.cursor) if runner else 0
+    journal = self.log if self.log is not None else runner.log if runner else None  # (--role worker)
+    lag_events = (journal.last_seq - runner.cursor) if runner and journal else 0
     lag_seconds = 0.0
-    if runner and lag_events > 0 and runner.cursor < self.log.last_seq:
-        first = self.log.read_memory(runner.cursor + 1, 1)
+    if runner and journal and lag_events > 0 and runner.cursor < journal.last_seq:
+        first = journal.read_memory(runner.cursor + 1, 1)
         if first:
             lag_seconds = max(0.0, time.time() - first[0].ts_us / 1e6)
     endpoint = runner.endpoint if runner else cfg["destination"]["address"]

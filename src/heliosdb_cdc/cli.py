@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--role",
-        choices=["capture"],
+        choices=["capture", "worker"],
         default=None,
-        help="capture: capture only, into journal.kafka, one leader among the instances "
+        help="capture: capture only, into journal.kafka, one leader among the instances; "
+        "worker: deliver from journal.kafka in a consumer group "
         "(default: capture and delivery in one process)",
     )
 

@@ -6,13 +6,18 @@ It imports nothing from capture (``postgres/``).
 """
 
 from ._circuit import CircuitBreaker, CircuitBreakerRegistry, CircuitState
+from ._kafka_source import GlobalSeqSink, JournalConsumer, JournalSource, WorkerStore
 from ._runner import StreamRunner, decode_event, make_router
 
 __all__ = [
     "CircuitBreaker",
     "CircuitBreakerRegistry",
     "CircuitState",
+    "GlobalSeqSink",
+    "JournalConsumer",
+    "JournalSource",
     "StreamRunner",
+    "WorkerStore",
     "decode_event",
     "make_router",
 ]
