@@ -414,8 +414,10 @@ async def test_instances_starting_together_reconcile_the_same_config(
     try:
         stale = b.store.list_streams()  # b read the catalog before a created the stream
         b.store.list_streams = lambda: stale  # type: ignore[method-assign]
-        await a._reconcile_config()
-        await b._reconcile_config()
+        a.catalog.open(a.store)
+        b.catalog.open(b.store)
+        await a.catalog.reconcile_config(0)
+        await b.catalog.reconcile_config(0)
         assert [r["name"] for r in a.store.list_streams()] == ["hook"]
     finally:
         a.store.close()
