@@ -2,10 +2,26 @@
 
 Each stream's runner reads the journal (:mod:`heliosdb_cdc.journal`) from its
 own cursor, shapes events with the pipeline and hands batches to one sink.
-It imports nothing from capture (``postgres/``).
+It imports nothing from capture (``postgres/``). With ``delivery.workers`` >= 2 the
+runners of webhook streams run in worker processes, each over its share of the
+partitions (:class:`WorkerSupervisor`, ``_worker.py``, ``_partition.py``).
 """
 
 from ._circuit import CircuitBreaker, CircuitBreakerRegistry, CircuitState
+from ._partition import PartitionSet, partition_of, stream_floor
 from ._runner import StreamRunner, make_router
+from ._supervisor import RemoteStream, WorkerSupervisor, fold_cursors
 
-__all__ = ["CircuitBreaker", "CircuitBreakerRegistry", "CircuitState", "StreamRunner", "make_router"]
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerRegistry",
+    "CircuitState",
+    "PartitionSet",
+    "RemoteStream",
+    "StreamRunner",
+    "WorkerSupervisor",
+    "fold_cursors",
+    "make_router",
+    "partition_of",
+    "stream_floor",
+]

@@ -8,6 +8,7 @@ Neither side imports the other. See docs/architecture.md ("Layers", "The local l
 
 from .._record import OP_CODES, OP_NAMES, OP_WATERMARK, Record
 from ._chunk import Chunk
+from ._follow import LogFollower
 from ._locallog import FileSystem, LocalLog, Position
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Chunk",
     "FileSystem",
     "LocalLog",
+    "LogFollower",
     "Position",
     "Record",
 ]
