@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,10 +59,13 @@ class WorkerSpec:
 
 
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
-    """The worker process's entry point."""
-    logging.basicConfig(
-        level=spec.log_level, format=f"%(asctime)s worker-{spec.index} %(levelname)s %(message)s"
-    )
+    """The worker process's entry point: logs like the service (``logging`` settings)."""
+    from .._logging import setup_logging
+
+    # Ctrl-C reaches the whole process group: the service stops the workers in order
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(spec.config.logging.level, spec.config.logging.json_logs)
+    logging.getLogger().setLevel(spec.log_level)  # as the service runs (tests raise it)
     try:
         asyncio.run(_Worker(conn, spec).run())
     except KeyboardInterrupt:
