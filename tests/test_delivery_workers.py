@@ -20,7 +20,8 @@ import yaml
 from heliosdb_cdc import Config, WebhookRegistration, WebhookServer
 from heliosdb_cdc._embedded import free_port
 from heliosdb_cdc._metrics import REGISTRY
-from heliosdb_cdc.delivery import RemoteStream, partition_of
+from heliosdb_cdc.delivery import RemoteStream, fold_cursors, partition_of, stream_floor
+from heliosdb_cdc.store import SQLiteStore
 from tests.plugins.postgres import PgDatabase
 from tests.plugins.receiver import Received, Receiver
 from tests.test_chaos_kill import CHANGES, check_deliveries, start_service, wait_healthy, write_workload
@@ -81,6 +82,26 @@ def test_partitions_are_stable_and_spread() -> None:
     assert seen == set(range(16))
 
 
+def test_partition_cursors_fold_when_the_partitioning_changes(tmp_path: Path) -> None:
+    """workers: 2 -> 1 (or another cdc.partitions): the stream resumes from its lowest
+    partition cursor, never past an event some partition has not delivered."""
+    store = SQLiteStore(tmp_path)
+    store.create_stream("s", {}, "sql", "running")
+    store.checkpoint("s", 10)
+    fold_cursors(store, ["s"], 4)  # first run with workers: nothing to fold
+    assert store.get_meta("delivery:partitions") == "4"
+    store.checkpoint("s", 50, partitions=[0, 2])
+    store.checkpoint("s", 30, partitions=[1])
+    fold_cursors(store, ["s"], 4)  # same partitioning: kept as they are
+    assert store.partition_cursors("s") == {0: 50, 1: 30, 2: 50}
+    assert stream_floor(10, store.partition_cursors("s"), 4) == 10  # partition 3: the stream's
+    store.checkpoint("s", 40, partitions=[3])
+    fold_cursors(store, ["s"], None)  # back to one process
+    assert store.get_cursor("s") == 30 and store.partition_cursors("s") == {}
+    assert store.get_meta("delivery:partitions") is None
+    store.close()
+
+
 async def test_workers_deliver_all_in_key_order_under_retries(
     pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -117,11 +138,15 @@ async def test_workers_deliver_all_in_key_order_under_retries(
     check_deliveries(receiver.events, written)
 
 
-async def test_kill_9_of_a_worker_loses_nothing(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
+async def test_kill_9_of_a_worker_loses_nothing(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
     pg_db.execute(ITEMS)
     receiver.fault = lambda _: 0.002  # a receiver slow enough that the kill lands mid-run
     async with WebhookServer(make_config(pg_db, tmp_path)) as server:
-        await server.register(WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["items"]))
+        await server.register(
+            WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["items"])
+        )
         sup = server.supervisor
         assert sup is not None
         writer = asyncio.create_task(asyncio.to_thread(write_rows, pg_db.dsn, 60, 25))
@@ -225,7 +250,9 @@ async def test_kill_9_of_the_service_leaves_no_worker(
 
 
 @pytest.mark.chaos
-async def test_chaos_kill_9_workers_and_service(pg_db: PgDatabase, receiver: Receiver, tmp_path: Path) -> None:
+async def test_chaos_kill_9_workers_and_service(
+    pg_db: PgDatabase, receiver: Receiver, tmp_path: Path
+) -> None:
     """The chaos suite with ``delivery: {workers: 2}``: 3x kill -9 of a worker and 3x of the
     service during HELIOSDB_CDC_CHAOS_CHANGES (default 10,000; the issue's run: 50,000)
     mixed changes -> 0 lost, per-key order kept, duplicates only with a repeated event_id."""
@@ -266,5 +293,7 @@ async def test_chaos_kill_9_workers_and_service(pg_db: PgDatabase, receiver: Rec
     events = receiver.events
     assert receiver.bad_signatures == 0
     unique = {e["event_id"] for e in events}
-    print(f"\nchaos workers=2: written={written} delivered={len(events)} duplicates={len(events) - len(unique)}")
+    print(
+        f"\nchaos workers=2: written={written} delivered={len(events)} duplicates={len(events) - len(unique)}"
+    )
     check_deliveries(events, written)

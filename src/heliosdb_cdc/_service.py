@@ -567,7 +567,8 @@ class WebhookServer:
             await sink.start()  # for replaying dead letters from here; delivery is in the workers
             if self.store.get_cursor(cfg.name) is None:
                 self.store.checkpoint(cfg.name, self.log.last_seq)
-            remote = await asyncio.to_thread(self.supervisor.start_stream, row, sink, endpoint)
+            breaker = self.circuit_breaker.breaker(endpoint)
+            remote = await asyncio.to_thread(self.supervisor.start_stream, row, sink, endpoint, breaker)
             self.runners[cfg.name] = remote
             return remote
         runner = self._new_runner(row)

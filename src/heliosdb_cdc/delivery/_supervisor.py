@@ -29,6 +29,7 @@ from .._errors import CdcError
 from ..journal import Chunk, LocalLog
 from ..sinks import Sink
 from ..store import Store
+from ._circuit import CircuitBreaker, CircuitState
 from ._partition import stream_floor
 from ._runner import StreamStats
 from ._wire import MetricsMerger, PauseStream, Report, StartStream, Stopped, StopStream, StreamReport, Tail
@@ -83,8 +84,16 @@ _COUNTS = ("processed", "filtered", "delivered", "failed", "retried", "dead_lett
 class RemoteStream:
     """A stream delivered by the workers, as the service sees it (like a StreamRunner)."""
 
-    def __init__(self, supervisor: WorkerSupervisor, row: dict[str, Any], sink: Sink, endpoint: str) -> None:
+    def __init__(
+        self,
+        supervisor: WorkerSupervisor,
+        row: dict[str, Any],
+        sink: Sink,
+        endpoint: str,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.supervisor = supervisor
+        self.breaker = breaker  # the service's: shows the workers' worst state
         self.name: str = row["name"]
         self.row = row
         self.sink = sink  # for replaying dead letters from the service
@@ -160,6 +169,8 @@ class RemoteStream:
         st.last_delivery_at = max((r.last_delivery_at or 0.0 for r in reports), default=0.0) or None
         st._rate = sum(r.rate for r in reports)
         st._p99 = max((r.p99_ms for r in reports if r.p99_ms is not None), default=None)
+        if self.breaker is not None and reports:
+            self.breaker.show(CircuitState(max(r.circuit for r in reports)))
 
 
 @dataclass
@@ -284,7 +295,7 @@ class WorkerSupervisor:
         if gen != self._slots[index].generation:
             return
         if isinstance(msg, Report):
-            self.metrics.apply(index, msg.metrics)
+            self.metrics.apply(index, msg.metrics, self.streams)
             for name, report in msg.streams.items():
                 stream = self.streams.get(name)
                 if stream is not None:
@@ -356,8 +367,10 @@ class WorkerSupervisor:
                 await asyncio.sleep(TAIL_POLL_SECS)  # appended, not yet synced
 
     # -- streams -----------------------------------------------------------------------------
-    def start_stream(self, row: dict[str, Any], sink: Sink, endpoint: str) -> RemoteStream:
-        stream = RemoteStream(self, row, sink, endpoint)
+    def start_stream(
+        self, row: dict[str, Any], sink: Sink, endpoint: str, breaker: CircuitBreaker | None = None
+    ) -> RemoteStream:
+        stream = RemoteStream(self, row, sink, endpoint, breaker)
         stream._start_cursor = self.persisted_floor(row["name"])
         self.streams[stream.name] = stream
         self.broadcast(StartStream(row))
@@ -370,9 +383,6 @@ class WorkerSupervisor:
         self.broadcast(StopStream(stream.name))
         waits = [asyncio.wait_for(ev.wait(), timeout) for ev in stream._stopped.values()]
         await asyncio.gather(*waits, return_exceptions=True)
-        from .._metrics import forget_stream
-
-        forget_stream(stream.name, stream.endpoint)
 
     def persisted_floor(self, name: str) -> int:
         """The lowest cursor of the stream's partitions in the state database (blocking)."""

@@ -9,7 +9,7 @@ frozen dataclass, pickled by ``multiprocessing.connection``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,6 @@ from prometheus_client import Counter, Gauge
 
 from .._metrics import (
     CHECKPOINT_TIME,
-    CIRCUIT_STATE,
     DEAD_LETTERS,
     DELIVERY_DURATION,
     DELIVERY_TOTAL,
@@ -75,6 +74,7 @@ class StreamReport:
     queue_overflow: int = 0
     rate: float = 0.0
     p99_ms: float | None = None
+    circuit: int = 0  # CircuitState value of the worker's breaker of the endpoint
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,6 @@ _GAUGES: dict[str, tuple[Gauge, Callable[[list[float]], float]]] = {
     "queue": (QUEUE_SIZE, sum),
     "cursor": (STREAM_CURSOR, min),
     "checkpoint": (CHECKPOINT_TIME, max),
-    "circuit": (CIRCUIT_STATE, max),
 }
 
 Key = tuple[str, tuple[str, ...]]  # (metric, label values)
@@ -154,13 +153,17 @@ class MetricsMerger:
     def __init__(self) -> None:
         self._gauges: dict[int, dict[Key, float]] = {}  # worker -> its last gauge values
 
-    def apply(self, worker: int, delta: MetricsDelta) -> None:
+    def apply(self, worker: int, delta: MetricsDelta, streams: Container[str]) -> None:
+        """Every series is labelled by stream first; those of ``streams`` only (a report
+        sent before a stream was dropped must not bring its series back)."""
         for (name, labels), inc in delta.counters.items():
-            _COUNTERS[name].labels(*labels).inc(inc)
+            if labels[0] in streams:
+                _COUNTERS[name].labels(*labels).inc(inc)
         for (name, labels), (counts, total) in delta.histograms.items():
-            _HISTOGRAMS[name].labels(*labels).merge(counts, total)
+            if labels[0] in streams:
+                _HISTOGRAMS[name].labels(*labels).merge(counts, total)
         before = set(self._gauges.get(worker, {}))
-        self._gauges[worker] = dict(delta.gauges)
+        self._gauges[worker] = {k: v for k, v in delta.gauges.items() if k[1][0] in streams}
         self._combine(before | set(delta.gauges))
 
     def forget(self, worker: int) -> None:

@@ -154,12 +154,22 @@ class _Worker:
             return
         if row.get("state") == "paused":
             runner.pause()
+        # every owned partition has its own cursor in the store from now on: where the
+        # stream resumes never depends on the stream's own cursor again
+        await asyncio.to_thread(self._save_floors, name, parts)
         await runner.start(parts.start)
         self.runners[name] = runner
 
     def _cursors(self, name: str) -> tuple[int, dict[int, int]]:
         cursor = self.store.get_cursor(name)
         return (cursor if cursor is not None else self.log.last_seq), self.store.partition_cursors(name)
+
+    def _save_floors(self, name: str, parts: PartitionSet) -> None:
+        by_floor: dict[int, list[int]] = {}
+        for p, floor in parts.floors.items():
+            by_floor.setdefault(floor, []).append(p)
+        for floor, owned in by_floor.items():
+            self.store.checkpoint(name, floor, partitions=owned)
 
     def _forget(self, runner: StreamRunner) -> None:
         from .._metrics import forget_stream
@@ -192,5 +202,6 @@ class _Worker:
                 queue_overflow=r.queue_overflow,
                 rate=st.rate(),
                 p99_ms=st.p99_ms(),
+                circuit=r.breaker.state.value,
             )
         return Report(streams, self.shipper.collect())
