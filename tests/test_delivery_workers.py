@@ -21,6 +21,7 @@ from heliosdb_cdc import Config, WebhookRegistration, WebhookServer
 from heliosdb_cdc._embedded import free_port
 from heliosdb_cdc._metrics import REGISTRY
 from heliosdb_cdc.delivery import RemoteStream, fold_cursors, partition_of, stream_floor
+from heliosdb_cdc.journal import LocalLog, LogFollower, Record
 from heliosdb_cdc.store import SQLiteStore
 from tests.plugins.postgres import PgDatabase
 from tests.plugins.receiver import Received, Receiver
@@ -80,6 +81,43 @@ def test_partitions_are_stable_and_spread() -> None:
     assert partition_of("public.items", b'{"id":1}', 16) == partition_of("public.items", b'{"id":1}', 16)
     seen = {partition_of("public.items", f'{{"id":{i}}}'.encode(), 16) for i in range(200)}
     assert seen == set(range(16))
+
+
+async def test_log_follower_sees_only_what_is_announced(tmp_path: Path) -> None:
+    """A worker's read-only view of the local log: records up to the announced durable
+    position, across a segment roll and after old segments are deleted."""
+    owner = LocalLog(tmp_path / "log", segment_bytes=64 * 1024)
+    owner.open()
+    follower = LogFollower(tmp_path / "log")
+    follower.open()
+    follower.bind_loop(asyncio.get_running_loop())
+
+    def append(first: int, n: int) -> None:
+        recs = [
+            Record(s, s, 0, 1, "public.items", b'{"id":%d}' % s, b"x" * 200, 0)
+            for s in range(first, first + n)
+        ]
+        owner.append(recs, [(first + n - 1, first, first + 1, 0)], [0] * n + [1])
+
+    append(1, 100)
+    assert await follower.read(1, 10) == []  # written, not announced: not there yet
+    owner.sync_to_disk()
+    waiter = asyncio.create_task(follower.wait_beyond(0))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    follower.advance(owner.durable.seq)
+    await asyncio.wait_for(waiter, 1)
+    assert [r.seq for r in await follower.read(1, 1000)] == list(range(1, 101))
+    for i in range(10):  # several segments
+        append(101 + i * 100, 100)
+        owner.sync_to_disk()
+    follower.advance(owner.durable.seq)
+    got = await follower.read(950, 100)
+    assert [r.seq for r in got] == list(range(950, 1050)) and got[0].key == b'{"id":950}'
+    assert owner.truncate_before(900) > 0
+    follower.advance(owner.durable.seq)
+    assert [r.seq for r in await follower.read(1001, 5)] == [1001, 1002, 1003, 1004, 1005]
+    owner.close()
 
 
 def test_partition_cursors_fold_when_the_partitioning_changes(tmp_path: Path) -> None:
