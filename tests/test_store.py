@@ -168,6 +168,10 @@ def test_partition_cursors(open_store: Opener) -> None:
     store.checkpoint("s", 12, partitions=[3])
     store.drop_stream("s")
     assert store.partition_cursors("s") == {}
+    # a worker's last checkpoint landing after the drop does not carry over to a new stream
+    store.checkpoint("s", 13, partitions=[4])
+    store.create_stream("s", {}, "sql", "running")
+    assert store.partition_cursors("s") == {}
 
 
 def test_checkpoint_is_one_transaction(store: Store) -> None:

@@ -267,6 +267,8 @@ class PostgresStore:
                 )
             except psycopg2.errors.UniqueViolation:
                 raise StreamExists(f"stream {name!r} already exists", stream=name) from None
+            # a worker's checkpoint that landed after an earlier stream of this name was dropped
+            cur.execute(self._q("DELETE FROM {s}.partition_cursors WHERE stream=%s"), (name,))
 
         self._tx("state database error", run, stream=name)
 

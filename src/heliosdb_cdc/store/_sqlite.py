@@ -167,6 +167,8 @@ class SQLiteStore:
             )
         except sqlite3.IntegrityError:
             raise StreamExists(f"stream {name!r} already exists", stream=name) from None
+        # a worker's checkpoint that landed after an earlier stream of this name was dropped
+        self._exec("DELETE FROM partition_cursors WHERE stream=?", (name,))
 
     def update_stream_config(self, name: str, config: dict[str, Any]) -> None:
         self._exec("UPDATE streams SET config=? WHERE name=?", (orjson.dumps(config).decode(), name))
