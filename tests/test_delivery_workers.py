@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from heliosdb_cdc import Config, WebhookRegistration, WebhookServer
+from heliosdb_cdc._config import Destination, StreamConfig
 from heliosdb_cdc._embedded import free_port
+from heliosdb_cdc._errors import SqlError
 from heliosdb_cdc._metrics import REGISTRY
 from heliosdb_cdc.delivery import RemoteStream, fold_cursors, partition_of, stream_floor
 from heliosdb_cdc.journal import LocalLog, LogFollower, Record
@@ -155,6 +157,19 @@ async def test_workers_deliver_all_in_key_order_under_retries(
             WebhookRegistration(url=receiver.url, secret="your-webhook-secret", tables=["items"])
         )
         assert server.supervisor is not None and len(server.supervisor.pids) == 2
+        # a snapshot is refused (workers do not run them), and nothing is created
+        with pytest.raises(SqlError, match=r"SNAPSHOT INITIAL needs delivery\.workers: 1"):
+            await server.create_stream(
+                StreamConfig(
+                    name="with_snapshot",
+                    tables=["items"],
+                    destination=Destination(type="webhook", address=receiver.url),
+                    snapshot="initial",
+                )
+            )
+        assert server.store is not None and not server.store.has_stream("with_snapshot")
+        with pytest.raises(SqlError, match=r"need delivery\.workers: 1"):
+            await server.start_snapshot(name, "backfill")
         stream = server.runners[name]
         assert isinstance(stream, RemoteStream)
         written = await asyncio.to_thread(write_rows, pg_db.dsn, 40, 20)

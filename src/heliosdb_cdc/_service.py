@@ -784,6 +784,12 @@ class WebhookServer:
                     tables = await asyncio.to_thread(self._tables_of, cfg)
                 except SourceError as exc:
                     raise SqlError(str(exc.message), stream=cfg.name) from None
+            if cfg.snapshot == "initial" and self.supervisor and self.supervisor.takes(cfg.destination.type):
+                raise SqlError(
+                    f"stream {cfg.name!r}: SNAPSHOT INITIAL needs delivery.workers: 1 (the stream would "
+                    "be delivered by worker processes, which do not run snapshots)",
+                    stream=cfg.name,
+                )
             # validate filters/transforms before anything is stored
             await validate_webhook_stream(cfg, self.config)  # options, TLS files, SSRF guard
             self._compile(cfg, cfg.destination.address)
