@@ -242,6 +242,12 @@ CAPTURE_UNDECODABLE = Counter(
     ["table"],
     registry=REGISTRY,
 )
+WORKER_RESTARTS = Counter(
+    "heliosdb_cdc_delivery_worker_restarts",
+    "Delivery worker processes that exited unexpectedly and were restarted (delivery.workers >= 2)",
+    ["worker"],
+    registry=REGISTRY,
+)
 LOCAL_LOG_BYTES = Gauge(
     "heliosdb_cdc_local_log_bytes",
     "Bytes of the local log on disk",

@@ -26,6 +26,7 @@ from typing import Any
 
 from .._config import Config
 from .._errors import CdcError
+from .._metrics import WORKER_RESTARTS
 from ..journal import Chunk, LocalLog
 from ..sinks import Sink
 from ..store import Store
@@ -329,6 +330,7 @@ class WorkerSupervisor:
         if slot.conn is not None:
             slot.conn.close()
         slot.restarts += 1
+        WORKER_RESTARTS.labels(str(slot.index)).inc()
         self.restarts.append((slot.index, time.time()))
         quick = time.monotonic() - slot.started_at < 5.0
         delay = min(RESTART_DELAY_SECS * (2 ** min(slot.restarts, 6)), 30.0) if quick else RESTART_DELAY_SECS
