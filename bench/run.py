@@ -532,8 +532,9 @@ class Bench:
                     "requests": rec.stats()["requests"],
                     "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1),
                 }
-                if workers:  # where the CPU went: the service, then each worker
+                if workers:  # where the CPU went: the service, then each worker; the receiver
                     row["cpu_secs"] = list(cpu_by_process(proc.pid).values())
+                    row["receiver_cpu_secs"] = cpu_by_process(rec.proc.pid).get(str(rec.proc.pid))
                 return row
 
             return (lambda: stop(proc)), progress, extra
