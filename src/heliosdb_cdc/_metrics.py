@@ -245,7 +245,6 @@ CAPTURE_UNDECODABLE = Counter(
 WORKER_RESTARTS = Counter(
     "heliosdb_cdc_delivery_worker_restarts",
     "Delivery worker processes that exited unexpectedly and were restarted (delivery.workers >= 2)",
-    ["worker"],
     registry=REGISTRY,
 )
 LOCAL_LOG_BYTES = Gauge(

@@ -330,7 +330,7 @@ class WorkerSupervisor:
         if slot.conn is not None:
             slot.conn.close()
         slot.restarts += 1
-        WORKER_RESTARTS.labels(str(slot.index)).inc()
+        WORKER_RESTARTS.inc()
         self.restarts.append((slot.index, time.time()))
         quick = time.monotonic() - slot.started_at < 5.0
         delay = min(RESTART_DELAY_SECS * (2 ** min(slot.restarts, 6)), 30.0) if quick else RESTART_DELAY_SECS
