@@ -177,10 +177,15 @@ class _Worker:
         forget_stream(runner.name, runner.endpoint)
 
     async def _report_loop(self) -> None:
+        last: Report | None = None
         while True:
             await asyncio.sleep(REPORT_SECS)
             with contextlib.suppress(Exception):
-                self.send(self._report())
+                report = self._report()
+                m = report.metrics
+                if m.counters or m.histograms or report != last:  # an idle worker sends nothing
+                    self.send(report)
+                    last = report
 
     def _report(self) -> Report:
         streams = {}
