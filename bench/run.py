@@ -10,6 +10,9 @@ Scenarios (see BENCHMARKS.md):
   null_pure      the same on the pure-Python codec (HELIOSDB_CDC_PURE_PYTHON=1): before/after
   webhook1       service subprocess -> one event per POST -> receiver process
   webhook_batch  same with webhook.batch_size: 100 (a JSON array per POST)
+  webhook1_w1, webhook1_w2, webhook1_w4
+                 webhook1 with delivery.workers: 1, 2, 4 (worker processes; the scaling of
+                 one-event-per-POST delivery); --workers N adds webhook1 with N workers
   latency        fixed rates (1,000/s; and 5,000/s without --quick): commit->receipt p50/p99/p999
   backlog        N changes behind a dead endpoint (503), then recovery: peak RSS, drain rate
   streams        control plane at scale: --streams (1,000) webhook streams created over REST
@@ -76,6 +79,9 @@ ALL = [
     "webhook1",
     "webhook_batch",
     "webhook10",
+    "webhook1_w1",
+    "webhook1_w2",
+    "webhook1_w4",
     "latency",
     "backlog",
     "streams",
@@ -130,6 +136,21 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def cpu_by_process(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of a process and of each live child, by pid."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out[str(pid)] = round((int(fields[11]) + int(fields[12])) / tick, 2)
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+                out.update(cpu_by_process(int(child)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
 
 
 def vm_hwm_kb(pid: int) -> int:
@@ -459,6 +480,7 @@ class Bench:
         webhook: dict[str, Any] | None = None,
         streams: list[dict[str, Any]] | None = None,
         endpoints: int = 1,
+        workers: int = 0,
     ) -> tuple[Path, str]:
         port = free_port()
         state = self.workdir / f"svc-{name}"
@@ -471,6 +493,8 @@ class Bench:
             "logging": {"level": "WARNING"},
             "cdc": {"decode_worker": self.decode_worker},
         }
+        if workers:
+            cfg["delivery"] = {"workers": workers}
         if streams is not None:
             cfg["streams"] = streams
         else:
@@ -506,11 +530,13 @@ class Bench:
         wait_until(healthy, 60, "the service")
         return proc
 
-    def sc_webhook(self, workload: str, batch: int, endpoints: int = 1) -> None:
+    def sc_webhook(self, workload: str, batch: int, endpoints: int = 1, workers: int = 0) -> None:
         """One event per POST (``batch`` 1) or batched; ``endpoints`` webhooks on the table,
         each a different URL of the same receiver: every change is delivered that many times,
-        and the rate counts changes delivered to all of them."""
+        and the rate counts changes delivered to all of them. ``workers``: delivery.workers."""
         name = "webhook_batch" if batch > 1 else ("webhook1" if endpoints == 1 else f"webhook{endpoints}")
+        if workers:
+            name += f"_w{workers}"
         rec = Receiver(self.workdir)
 
         def progress() -> dict[str, Any]:
@@ -519,15 +545,19 @@ class Bench:
 
         def start() -> Any:
             cfg, api = self.service_config(
-                f"{name}-{workload}", rec.url, {"batch_size": batch}, endpoints=endpoints
+                f"{name}-{workload}", rec.url, {"batch_size": batch}, endpoints=endpoints, workers=workers
             )
             proc = self.start_service(cfg, api)
 
             def extra() -> dict[str, Any]:
-                return {
+                row = {
                     "requests": rec.stats()["requests"],
                     "peak_rss_mb": round(vm_hwm_kb(proc.pid) / 1024, 1),
                 }
+                if workers:  # where the CPU went: the service, then each worker; the receiver
+                    row["cpu_secs"] = list(cpu_by_process(proc.pid).values())
+                    row["receiver_cpu_secs"] = cpu_by_process(rec.proc.pid).get(str(rec.proc.pid))
+                return row
 
             return (lambda: stop(proc)), progress, extra
 
@@ -536,6 +566,8 @@ class Bench:
         finally:
             rec.close()
         row = {"scenario": name, "workload": workload, "batch_size": batch, **m}
+        if workers:
+            row["workers"] = workers
         if endpoints > 1:
             row["note"] = f"{endpoints} endpoints: {endpoints} deliveries per change"
         self.add(row)
@@ -940,6 +972,9 @@ class Bench:
                     elif sc == "webhook10":
                         for w in workloads:
                             self.sc_webhook(w, 1, endpoints=10)
+                    elif sc.startswith("webhook1_w"):
+                        for w in workloads:
+                            self.sc_webhook(w, 1, workers=int(sc.removeprefix("webhook1_w")))
                     elif sc == "receiver":
                         self.sc_receiver()
                     elif sc == "latency":
@@ -1069,6 +1104,12 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
     if cap:
         for w, rate in wh.items():
             out[f"webhook1_over_receiver_capacity_{w}"] = round(rate / cap, 3)
+    # delivery workers: the scaling of one-event-per-POST delivery, against workers: 1
+    w1 = {r["workload"]: r["rate"] for r in results if r["scenario"] == "webhook1_w1" and r.get("rate")}
+    for r in results:
+        sc = r["scenario"]
+        if sc.startswith("webhook1_w") and sc != "webhook1_w1" and r.get("rate") and w1.get(r["workload"]):
+            out[f"{sc}_over_w1_{r['workload']}"] = round(r["rate"] / w1[r["workload"]], 2)
     for r in results:
         if r["scenario"] in ("debezium", "pgstream") and r.get("rate") and wh.get(r["workload"]):
             out[f"webhook1_over_{r['scenario']}_{r['workload']}"] = round(wh[r["workload"]] / r["rate"], 2)
@@ -1179,6 +1220,12 @@ def main(argv: list[str] | None = None) -> int:
         default=600.0,
         help="streams scenario: stop creating streams after this many seconds",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="also run webhook1 with delivery.workers: N (scenario webhook1_wN)",
+    )
     p.add_argument("--json", help="write results here (default bench/results/<time>.json)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument(
@@ -1206,7 +1253,9 @@ def main(argv: list[str] | None = None) -> int:
         print("ratios: " + json.dumps(data["ratios"]))
         return 0
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    bad = [s for s in scenarios if s not in ALL]
+    if args.workers and f"webhook1_w{args.workers}" not in scenarios:
+        scenarios.append(f"webhook1_w{args.workers}")
+    bad = [s for s in scenarios if s not in ALL and not re.fullmatch(r"webhook1_w[1-9][0-9]?", s)]
     if bad:
         p.error(f"unknown scenario(s) {bad}; choose from {ALL}")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]

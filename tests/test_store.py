@@ -146,6 +146,34 @@ def test_checkpoint_and_delivery_records(store: Store) -> None:
     assert not store.was_delivered("evt_9", "ep")
 
 
+def test_partition_cursors(open_store: Opener) -> None:
+    """Delivery workers checkpoint one cursor per (stream, partition); the stream's own
+    cursor stays; a fold makes one cursor again; drop forgets them; all survive a reopen."""
+    store = open_store()
+    store.create_stream("s", {}, "sql", "running")
+    store.checkpoint("s", 5)
+    now = time.time()
+    store.checkpoint("s", 9, [("ep", "evt_9", 9, now)], partitions=[0, 2])
+    store.checkpoint("s", 7, partitions=[1])
+    assert store.get_cursor("s") == 5  # untouched by partition checkpoints
+    assert store.partition_cursors("s") == {0: 9, 1: 7, 2: 9}
+    assert store.delivered_after("ep", 0) == {"evt_9"}
+    store.checkpoint("s", 11, partitions=[2])
+    store.close()
+    store = open_store()
+    assert store.partition_cursors("s") == {0: 9, 1: 7, 2: 11}
+    assert store.partition_cursors("other") == {}
+    store.fold_partition_cursors("s", 7)
+    assert store.get_cursor("s") == 7 and store.partition_cursors("s") == {}
+    store.checkpoint("s", 12, partitions=[3])
+    store.drop_stream("s")
+    assert store.partition_cursors("s") == {}
+    # a worker's last checkpoint landing after the drop does not carry over to a new stream
+    store.checkpoint("s", 13, partitions=[4])
+    store.create_stream("s", {}, "sql", "running")
+    assert store.partition_cursors("s") == {}
+
+
 def test_checkpoint_is_one_transaction(store: Store) -> None:
     store.checkpoint("s", 1, [("ep", "evt_1", 1, time.time())])
     # the second row is malformed (wrong arity) after the first was inserted:
@@ -292,7 +320,7 @@ def test_old_schema_is_upgraded(tmp_path: Path) -> None:
     db.close()
     s = SQLiteStore(tmp_path / "state")
     assert s.schema_version == SCHEMA_VERSION
-    assert "snapshots" in tables(s.path)
+    assert {"snapshots", "partition_cursors"} <= set(tables(s.path))
     assert s.get_cursor("s") == 5  # data kept
     s.close()
 
@@ -373,12 +401,12 @@ def test_pg_schema_of_its_own(pg_db: PgDatabase) -> None:
     b.checkpoint("s", 2)
     assert (a.get_cursor("s"), b.get_cursor("s")) == (1, 2)
     want = {"schema_migrations", "meta", "streams", "cursors", "deliveries", "dead_letters", "snapshots"}
+    want.add("partition_cursors")
     assert _tables_in(pg_db, "heliosdb_cdc") == want
     assert _tables_in(pg_db, "other_state") == want
     assert _tables_in(pg_db, "public") == set()
-    assert pg_db.execute("SELECT version FROM heliosdb_cdc.schema_migrations ORDER BY version") == [
-        (v,) for v in range(1, _postgres.SCHEMA_VERSION + 1)
-    ]
+    versions = [(v,) for v in range(1, _postgres.SCHEMA_VERSION + 1)]
+    assert pg_db.execute("SELECT version FROM heliosdb_cdc.schema_migrations ORDER BY 1") == versions
     a.close()
     b.close()
 

@@ -103,6 +103,9 @@ class CdcConfig(_Model):
     segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, le=1024**3)
     memory_queue_events: int = Field(10_000, ge=100, le=1_000_000)
     snapshot_chunk_size: int = Field(1000, ge=1, le=100_000)
+    # delivery workers split each webhook stream by a hash of (table, key) into this many
+    # partitions; one partition belongs to one worker, so a row keeps its order
+    partitions: int = Field(16, ge=1, le=4096)
 
 
 class WebhookConfig(_Model):
@@ -266,6 +269,8 @@ class DeliveryConfig(_Model):
     max_retries: int | None = Field(None, ge=0, le=999_999)
     initial_retry_delay_ms: int | None = Field(None, ge=0, le=DAY_MS)
     max_retry_delay_ms: int | None = Field(None, ge=0, le=DAY_MS)
+    # worker processes that deliver webhook streams (1: in the service's own process)
+    workers: int = Field(1, ge=1, le=64)
 
 
 class TlsConfig(_Model):

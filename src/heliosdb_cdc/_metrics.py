@@ -54,6 +54,13 @@ class _BatchHistogramChild:
         with self._lock:
             return list(self._counts), self._sum
 
+    def merge(self, counts: list[int], total: float) -> None:
+        """Add another process's observations (bucket counts and sum): delivery workers."""
+        with self._lock:
+            for i, n in enumerate(counts[: len(self._counts)]):
+                self._counts[i] += n
+            self._sum += total
+
 
 class BatchHistogram(Collector):
     """A labelled histogram that takes a whole batch of observations under one lock.
@@ -95,6 +102,10 @@ class BatchHistogram(Collector):
     def remove(self, *values: str) -> None:
         with self._lock:
             self._children.pop(tuple(str(v) for v in values), None)
+
+    def items(self) -> list[tuple[tuple[str, ...], _BatchHistogramChild]]:
+        with self._lock:
+            return list(self._children.items())
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
@@ -229,6 +240,11 @@ CAPTURE_UNDECODABLE = Counter(
     "heliosdb_cdc_capture_undecodable",
     "Row changes capture could not turn into events (dead-lettered raw, stream '(capture)')",
     ["table"],
+    registry=REGISTRY,
+)
+WORKER_RESTARTS = Counter(
+    "heliosdb_cdc_delivery_worker_restarts",
+    "Delivery worker processes that exited unexpectedly and were restarted (delivery.workers >= 2)",
     registry=REGISTRY,
 )
 LOCAL_LOG_BYTES = Gauge(

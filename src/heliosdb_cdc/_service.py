@@ -45,7 +45,15 @@ from ._metrics import (
     SLOT_RETAINED_BYTES,
     forget_stream,
 )
-from .delivery import CircuitBreakerRegistry, StreamRunner, make_router
+from .delivery import (
+    CircuitBreakerRegistry,
+    PartitionSet,
+    RemoteStream,
+    StreamRunner,
+    WorkerSupervisor,
+    fold_cursors,
+    make_router,
+)
 from .journal import LocalLog
 from .pipeline import build_formatter, content_types
 from .postgres import (
@@ -112,7 +120,9 @@ class WebhookServer:
         self.store: Store | None = None
         self.log: LocalLog | None = None
         self.capture: Capture | None = None
-        self.runners: dict[str, StreamRunner] = {}
+        self.runners: dict[str, StreamRunner | RemoteStream] = {}
+        # delivery.workers >= 2: webhook streams are delivered in worker processes
+        self.supervisor: WorkerSupervisor | None = None
         self.circuit_breaker = CircuitBreakerRegistry(config.webhook.circuit_breaker)
         self.exactly_once: ExactlyOnce | None = None
         self.started_at = time.time()
@@ -221,12 +231,17 @@ class WebhookServer:
         self._loop = asyncio.get_running_loop()
         log.info("codec: %s", codec_description())  # the compiled one, or why not
         self.capture.start()
+        await self._start_workers()
         for row in self.store.list_streams():
             await self._start_runner(row)
             snap = self.store.get_snapshot(row["name"])
             if snap and snap["state"] == "running":
                 log.info("resuming the %s of stream %s", snap["kind"], row["name"])
-                await self.start_snapshot(row["name"], snap["kind"], snap["where"])
+                try:
+                    await self.start_snapshot(row["name"], snap["kind"], snap["where"])
+                except SqlError as exc:  # e.g. delivered by workers: no snapshots there
+                    log.error("stream %s: %s", row["name"], exc)
+                    self.store.set_error(row["name"], str(exc))
         if self._resnapshot:
             await self._start_resnapshot()
         await self.catalog.check_tables_logged()
@@ -291,6 +306,9 @@ class WebhookServer:
         self._tasks = []
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
         self.runners.clear()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+            self.supervisor = None
         if self.capture is not None:
             await asyncio.to_thread(self.capture.stop)
         if self._http is not None:
@@ -394,7 +412,49 @@ class WebhookServer:
         """The stream's filter predicate and transformation (the catalog compiles them)."""
         return self.catalog.compile(cfg, endpoint)
 
-    async def _start_runner(self, row: dict[str, Any]) -> StreamRunner:
+    async def _start_workers(self) -> None:
+        """``delivery.workers`` >= 2: start the worker processes (before the streams).
+        Partition cursors that cannot be used as they are fold into one first."""
+        assert self.store is not None and self.log is not None
+        workers, partitions = self.config.delivery.workers, self.config.cdc.partitions
+        names = self.store.stream_names()
+        await asyncio.to_thread(fold_cursors, self.store, names, partitions if workers > 1 else None)
+        if workers > 1:
+            self.supervisor = WorkerSupervisor(
+                self.config,
+                self.log,
+                self.store,
+                build_partition_runner,
+                workers=workers,
+                partitions=partitions,
+            )
+            await self.supervisor.start()
+
+    async def _start_runner(self, row: dict[str, Any]) -> StreamRunner | RemoteStream:
+        assert self.store is not None and self.log is not None
+        cfg = StreamConfig.model_validate(row["config"])
+        if self.supervisor is not None and self.supervisor.takes(cfg.destination.type):
+            sink, endpoint = self._build_sink(cfg)
+            await sink.start()  # for replaying dead letters from here; delivery is in the workers
+            if self.store.get_cursor(cfg.name) is None:
+                self.store.checkpoint(cfg.name, self.log.last_seq)
+            breaker = self.circuit_breaker.breaker(endpoint)
+            remote = await asyncio.to_thread(self.supervisor.start_stream, row, sink, endpoint, breaker)
+            self.runners[cfg.name] = remote
+            return remote
+        runner = self._new_runner(row)
+        cursor = self.store.get_cursor(cfg.name)
+        if cursor is None:
+            cursor = self.log.last_seq
+            self.store.checkpoint(cfg.name, cursor)
+        if row["state"] == "paused":
+            runner.pause()
+        await runner.start(cursor)
+        self.runners[cfg.name] = runner
+        return runner
+
+    def _new_runner(self, row: dict[str, Any], partitions: PartitionSet | None = None) -> StreamRunner:
+        """The stream's runner, not started (``partitions``: in a delivery worker)."""
         assert self.store is not None and self.log is not None
         cfg = StreamConfig.model_validate(row["config"])
         sink, endpoint = self._build_sink(cfg)
@@ -422,16 +482,9 @@ class WebhookServer:
             ),
             checkpoint_interval=self.config.cdc.checkpoint_interval,
             poll_interval=self.config.cdc.poll_interval_ms / 1000.0,
+            partitions=partitions,
         )
         runner.config = cfg  # type: ignore[attr-defined]
-        cursor = self.store.get_cursor(cfg.name)
-        if cursor is None:
-            cursor = self.log.last_seq
-            self.store.checkpoint(cfg.name, cursor)
-        if row["state"] == "paused":
-            runner.pause()
-        await runner.start(cursor)
-        self.runners[cfg.name] = runner
         return runner
 
     # -- housekeeping -----------------------------------------------------------------
@@ -485,7 +538,9 @@ class WebhookServer:
         crash or a power cut streams restart from those, not from their cursors in memory.
         """
         assert self.log is not None and self.store is not None
-        saved = [r.saved_cursor for r in self.runners.values()]
+        runners = list(self.runners.values())
+        # (a stream delivered by workers reads its partitions' cursors from the store)
+        saved = await asyncio.to_thread(lambda: [r.saved_cursor for r in runners])
         upto = min(min(saved, default=self.log.durable.seq), self.log.durable.seq)
         if upto < self.log.trim_threshold:
             return 0  # no whole segment to delete
@@ -529,6 +584,12 @@ class WebhookServer:
                     tables = await asyncio.to_thread(self.catalog.tables_of, cfg)
                 except SourceError as exc:
                     raise SqlError(str(exc.message), stream=cfg.name) from None
+            if cfg.snapshot == "initial" and self.supervisor and self.supervisor.takes(cfg.destination.type):
+                raise SqlError(
+                    f"stream {cfg.name!r}: SNAPSHOT INITIAL needs delivery.workers: 1 (the stream would "
+                    "be delivered by worker processes, which do not run snapshots)",
+                    stream=cfg.name,
+                )
             # validate filters/transforms before anything is stored
             await validate_webhook_stream(cfg, self.config)  # options, TLS files, SSRF guard
             self._compile(cfg, cfg.destination.address)
@@ -637,6 +698,12 @@ class WebhookServer:
         runner = self.runners.get(name)
         if runner is None:
             raise SqlError(f"stream {name!r} is not running", stream=name)
+        if isinstance(runner, RemoteStream):
+            raise SqlError(
+                f"stream {name!r} is delivered by worker processes: snapshots and backfills "
+                "need delivery.workers: 1",
+                stream=name,
+            )
         current = self.snapshots.get(name)
         if (
             current is not None
@@ -823,6 +890,24 @@ def _reformat(runner: Any, ev: Any, event_json: bytes | None) -> bool:
     ev.event = event
     lsn = parse_event_id(ev.event_id).commit_lsn
     return bool(runner._apply_format(ev, event, lsn))
+
+
+_worker_services: dict[int, WebhookServer] = {}
+
+
+def build_partition_runner(
+    config: Config, row: dict[str, Any], log_: LocalLog, store: Store, partitions: PartitionSet
+) -> StreamRunner:
+    """A delivery worker's runner of one stream over its partitions: built as the service
+    builds its own (sink, filters, transformation, format). Runs in the worker process."""
+    service = _worker_services.get(id(config))
+    if service is None:
+        service = _worker_services[id(config)] = WebhookServer(config)
+        service.store, service.log = store, log_
+        service.catalog.open(store)
+    return service._new_runner(row, partitions)
+
+
 
 
 def _connect(dsn: str) -> Any:

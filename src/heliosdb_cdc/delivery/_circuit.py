@@ -72,6 +72,10 @@ class CircuitBreaker:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def show(self, state: CircuitState) -> None:
+        """Take the state of breakers elsewhere (delivery workers): for status and metrics."""
+        self._set(state)
+
     def retry_in(self) -> float:
         """Seconds until a call may be tried (0 when it may go now)."""
         if self.state is CircuitState.OPEN:

@@ -257,7 +257,10 @@ class WorkerStore:
         seq: int,
         deliveries: Iterable[tuple[str, str, int, float]] = (),
         meta: Mapping[str, str] | None = None,
+        partitions: Sequence[int] = (),
     ) -> None:
+        # the journal topic's partitions are the consumer group's, not the local log's:
+        # a worker-role stream keeps one cursor (``partitions`` is always empty here)
         g = self._source.global_seq
         rows = [(e, i, g(s), t) for e, i, s, t in deliveries]
         self._inner.checkpoint(stream, g(seq), rows, meta)

@@ -50,6 +50,7 @@ from ..journal import OP_CODES, OP_WATERMARK, Chunk, LocalLog, Record
 from ..sinks import OutboundEvent, Outcome, Sink, SinkResult
 from ..store import Store, sink_mark_key
 from ._circuit import CircuitBreaker
+from ._partition import PartitionSet
 
 log = logging.getLogger("heliosdb_cdc.delivery")
 
@@ -149,6 +150,7 @@ class StreamRunner:
         poll_interval: float = 0.05,
         max_inflight: int = 10_000,
         read_batch: int = 1000,
+        partitions: PartitionSet | None = None,
     ) -> None:
         self.name = name
         self.sink = sink
@@ -172,6 +174,10 @@ class StreamRunner:
         self.poll_interval = poll_interval
         self.max_inflight = max_inflight
         self.read_batch = read_batch
+        # in a delivery worker: only these partitions' records, each past its own cursor,
+        # and the cursor is checkpointed for each of them (delivery/_partition.py)
+        self.partitions = partitions
+        self._checkpoint_parts: list[int] = list(partitions.owned) if partitions else []
         self.stats = StreamStats()
         self.paused = False
         self.cursor = 0
@@ -308,6 +314,7 @@ class StreamRunner:
         n_lanes = len(lanes)
         pos = self.cursor + 1
         route = self.route
+        part = self.partitions
         while not self._stop.is_set():
             if not self._resume.is_set():
                 await self._resume.wait()
@@ -323,6 +330,9 @@ class StreamRunner:
             filtered = 0
             for rec in recs:
                 pos = rec.seq + 1
+                if part is not None and not part.takes(rec):
+                    self._skip(rec.seq)  # another worker's, or delivered before a restart
+                    continue
                 if rec.op == OP_WATERMARK:
                     self._watermark(rec)
                     continue
@@ -754,8 +764,9 @@ class StreamRunner:
         # read with the cursor, before any await: the sink's mark matches this cursor
         mark = self.sink.resume_mark(cursor) if self.sink.resumes_by_mark else None
         meta = {sink_mark_key(self.name): mark} if mark is not None else None
+        parts = self._checkpoint_parts
         try:
-            await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta)
+            await asyncio.to_thread(self.store.checkpoint, self.name, cursor, buf, meta, parts)
         except BaseException:
             # not saved: the delivery records go back (before those finished meanwhile), or a
             # restart after the next checkpoint would send their events again; and the next

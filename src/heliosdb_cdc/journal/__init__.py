@@ -9,6 +9,7 @@ Neither side imports the other. See docs/architecture.md ("Layers", "The local l
 from .._record import OP_CODES, OP_NAMES, OP_WATERMARK, Record
 from ._chunk import Chunk
 from ._durable import read_file, replace_file
+from ._follow import LogFollower
 from ._kafka import KafkaJournal, message_key
 from ._locallog import FileSystem, LocalLog, Position
 from ._writer import JournalWriter
@@ -22,6 +23,7 @@ __all__ = [
     "JournalWriter",
     "KafkaJournal",
     "LocalLog",
+    "LogFollower",
     "Position",
     "Record",
     "message_key",

@@ -43,8 +43,20 @@ class Store(Protocol):
         seq: int,
         deliveries: Iterable[tuple[str, str, int, float]] = (),
         meta: Mapping[str, str] | None = None,
+        partitions: Sequence[int] = (),
     ) -> None:
-        """One transaction: the cursor, (endpoint, event_id, seq, time) records, meta values."""
+        """One transaction: the cursor, (endpoint, event_id, seq, time) records, meta values.
+        With ``partitions``: the cursor of each of those partitions of the stream (delivery
+        workers), not the stream's own."""
+        ...
+
+    def partition_cursors(self, stream: str) -> dict[int, int]:
+        """partition -> cursor, of the partitions checkpointed since the last fold."""
+        ...
+
+    def fold_partition_cursors(self, stream: str, seq: int) -> None:
+        """One transaction: the stream's cursor becomes ``seq`` and its partition cursors go
+        (back to one cursor, e.g. when ``delivery.workers`` or ``cdc.partitions`` changes)."""
         ...
 
     def sync_to_disk(self) -> None:

@@ -28,7 +28,7 @@ from ._sqlite import CAPTURE_STREAM, sink_mark_key
 T = TypeVar("T")
 
 DEFAULT_SCHEMA = "heliosdb_cdc"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 # ``{s}`` is the quoted schema name. Version 1 holds what SQLite's version 2 holds, plus
@@ -91,6 +91,16 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # the default event of a dead letter whose body the stream's format made (replay formats it again)
     2: ["ALTER TABLE {s}.dead_letters ADD COLUMN event bytea"],
+    3: [
+        # delivery workers: one cursor per (stream, partition of its keys)
+        """CREATE TABLE {s}.partition_cursors (
+            stream text NOT NULL,
+            part integer NOT NULL,
+            seq bigint NOT NULL,
+            updated_at double precision NOT NULL,
+            PRIMARY KEY (stream, part)
+        )""",
+    ],
 }
 
 _STREAM_COLS = "name, config, state, origin, created_at, last_error, last_error_at"
@@ -259,6 +269,8 @@ class PostgresStore:
                 )
             except psycopg2.errors.UniqueViolation:
                 raise StreamExists(f"stream {name!r} already exists", stream=name) from None
+            # a worker's checkpoint that landed after an earlier stream of this name was dropped
+            cur.execute(self._q("DELETE FROM {s}.partition_cursors WHERE stream=%s"), (name,))
 
         self._tx("state database error", run, stream=name)
 
@@ -306,6 +318,7 @@ class PostgresStore:
             if cur.rowcount == 0:
                 raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
             cur.execute(self._q("DELETE FROM {s}.cursors WHERE stream=%s"), (name,))
+            cur.execute(self._q("DELETE FROM {s}.partition_cursors WHERE stream=%s"), (name,))
             cur.execute(self._q("DELETE FROM {s}.snapshots WHERE stream=%s"), (name,))
             cur.execute(self._q("DELETE FROM {s}.meta WHERE key=%s"), (sink_mark_key(name),))
 
@@ -325,9 +338,11 @@ class PostgresStore:
         seq: int,
         deliveries: Iterable[tuple[str, str, int, float]] = (),
         meta: Mapping[str, str] | None = None,
+        partitions: Sequence[int] = (),
     ) -> None:
         """One transaction: the stream's cursor plus a batch of (endpoint, event_id, seq, time),
-        and ``meta`` values that go with the cursor (a sink's resume mark)."""
+        and ``meta`` values that go with the cursor (a sink's resume mark). With
+        ``partitions``, the cursor of each of those partitions of the stream instead."""
         rows = [tuple(r) for r in deliveries]
         for r in rows:
             if len(r) != 4:
@@ -348,14 +363,19 @@ class PostgresStore:
                     rows,
                     page_size=1000,
                 )
-            cur.execute(
-                self._q(
-                    "INSERT INTO {s}.cursors (stream, seq, updated_at, generation) VALUES (%s,%s,%s,%s) "
-                    "ON CONFLICT (stream) DO UPDATE SET seq=excluded.seq, "
-                    "updated_at=excluded.updated_at, generation=excluded.generation"
-                ),
-                (stream, seq, time.time(), self.generation),
-            )
+            if partitions:
+                now = time.time()
+                psycopg2.extras.execute_values(
+                    cur,
+                    self._q(
+                        "INSERT INTO {s}.partition_cursors (stream, part, seq, updated_at) VALUES %s "
+                        "ON CONFLICT (stream, part) DO UPDATE SET seq=excluded.seq, "
+                        "updated_at=excluded.updated_at"
+                    ),
+                    [(stream, p, seq, now) for p in partitions],
+                )
+            else:
+                self._write_cursor(cur, stream, seq)
             if meta:
                 psycopg2.extras.execute_values(
                     cur,
@@ -365,6 +385,29 @@ class PostgresStore:
                     ),
                     list(meta.items()),
                 )
+
+        self._tx("cannot write a checkpoint", run, stream=stream)
+
+    def _write_cursor(self, cur: Cursor, stream: str, seq: int) -> None:
+        cur.execute(
+            self._q(
+                "INSERT INTO {s}.cursors (stream, seq, updated_at, generation) VALUES (%s,%s,%s,%s) "
+                "ON CONFLICT (stream) DO UPDATE SET seq=excluded.seq, "
+                "updated_at=excluded.updated_at, generation=excluded.generation"
+            ),
+            (stream, seq, time.time(), self.generation),
+        )
+
+    def partition_cursors(self, stream: str) -> dict[int, int]:
+        rows = self._exec("SELECT part, seq FROM {s}.partition_cursors WHERE stream=%s", (stream,))
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def fold_partition_cursors(self, stream: str, seq: int) -> None:
+        """One transaction: the stream's cursor becomes ``seq``; its partition cursors go."""
+
+        def run(cur: Cursor) -> None:
+            self._write_cursor(cur, stream, seq)
+            cur.execute(self._q("DELETE FROM {s}.partition_cursors WHERE stream=%s"), (stream,))
 
         self._tx("cannot write a checkpoint", run, stream=stream)
 

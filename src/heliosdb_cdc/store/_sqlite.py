@@ -16,7 +16,7 @@ import orjson
 
 from .._errors import StateError, StreamExists, StreamNotFound
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CAPTURE_STREAM = "(capture)"  # dead letters of rows capture could not turn into events
 
 _MIGRATIONS: dict[int, list[str]] = {
@@ -76,6 +76,16 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     # the default event of a dead letter whose body the stream's format made (replay formats it again)
     3: ["ALTER TABLE dead_letters ADD COLUMN event BLOB"],
+    4: [
+        # delivery workers: one cursor per (stream, partition of its keys)
+        """CREATE TABLE partition_cursors (
+            stream TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (stream, part)
+        ) WITHOUT ROWID""",
+    ],
 }
 
 
@@ -159,6 +169,8 @@ class SQLiteStore:
             )
         except sqlite3.IntegrityError:
             raise StreamExists(f"stream {name!r} already exists", stream=name) from None
+        # a worker's checkpoint that landed after an earlier stream of this name was dropped
+        self._exec("DELETE FROM partition_cursors WHERE stream=?", (name,))
 
     def update_stream_config(self, name: str, config: dict[str, Any]) -> None:
         self._exec("UPDATE streams SET config=? WHERE name=?", (orjson.dumps(config).decode(), name))
@@ -221,6 +233,7 @@ class SQLiteStore:
                     self._db.execute("ROLLBACK")
                     raise StreamNotFound(f"stream {name!r} does not exist", stream=name)
                 self._db.execute("DELETE FROM cursors WHERE stream=?", (name,))
+                self._db.execute("DELETE FROM partition_cursors WHERE stream=?", (name,))
                 self._db.execute("DELETE FROM snapshots WHERE stream=?", (name,))
                 self._db.execute("DELETE FROM meta WHERE key=?", (sink_mark_key(name),))
                 self._db.execute("COMMIT")
@@ -244,9 +257,12 @@ class SQLiteStore:
         seq: int,
         deliveries: Iterable[tuple[str, str, int, float]] = (),
         meta: Mapping[str, str] | None = None,
+        partitions: Sequence[int] = (),
     ) -> None:
         """One transaction: the stream's cursor plus a batch of (endpoint, event_id, seq, time),
-        and ``meta`` values that go with the cursor (a sink's resume mark)."""
+        and ``meta`` values that go with the cursor (a sink's resume mark). With
+        ``partitions``, the cursor of each of those partitions of the stream instead."""
+        now = time.time()
         with self._lock:
             try:
                 self._db.execute("BEGIN")
@@ -255,14 +271,45 @@ class SQLiteStore:
                     "VALUES (?,?,?,?)",
                     deliveries,
                 )
-                self._db.execute(
-                    "INSERT INTO cursors (stream, seq, updated_at) VALUES (?,?,?) "
-                    "ON CONFLICT(stream) DO UPDATE SET seq=excluded.seq, "
-                    "updated_at=excluded.updated_at",
-                    (stream, seq, time.time()),
-                )
+                if partitions:
+                    self._db.executemany(
+                        "INSERT INTO partition_cursors (stream, part, seq, updated_at) VALUES (?,?,?,?) "
+                        "ON CONFLICT(stream, part) DO UPDATE SET seq=excluded.seq, "
+                        "updated_at=excluded.updated_at",
+                        [(stream, p, seq, now) for p in partitions],
+                    )
+                else:
+                    self._db.execute(
+                        "INSERT INTO cursors (stream, seq, updated_at) VALUES (?,?,?) "
+                        "ON CONFLICT(stream) DO UPDATE SET seq=excluded.seq, "
+                        "updated_at=excluded.updated_at",
+                        (stream, seq, now),
+                    )
                 if meta:
                     self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", meta.items())
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise StateError(f"cannot write a checkpoint: {exc}", stream=stream) from exc
+
+    def partition_cursors(self, stream: str) -> dict[int, int]:
+        rows = self._exec("SELECT part, seq FROM partition_cursors WHERE stream=?", (stream,)).fetchall()
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def fold_partition_cursors(self, stream: str, seq: int) -> None:
+        """One transaction: the stream's cursor becomes ``seq``; its partition cursors go."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT INTO cursors (stream, seq, updated_at) VALUES (?,?,?) "
+                    "ON CONFLICT(stream) DO UPDATE SET seq=excluded.seq, updated_at=excluded.updated_at",
+                    (stream, seq, time.time()),
+                )
+                self._db.execute("DELETE FROM partition_cursors WHERE stream=?", (stream,))
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
