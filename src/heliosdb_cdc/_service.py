@@ -459,12 +459,29 @@ class WebhookServer:
         cfg = StreamConfig.model_validate(row["config"])
         sink, endpoint = self._build_sink(cfg)
         predicate, transform = self._compile(cfg, endpoint)
+        return self.make_runner(cfg, sink, endpoint, self.log, self.store, predicate, transform, partitions)
+
+    def make_runner(
+        self,
+        cfg: StreamConfig,
+        sink: Sink,
+        endpoint: str,
+        journal: Any,
+        store: Any,
+        predicate: Any,
+        transform: Any,
+        partitions: PartitionSet | None = None,
+        needs_event: bool | None = None,
+    ) -> StreamRunner:
+        """A runner of ``cfg`` reading ``journal`` (the local log, or a worker role's journal
+        source) and checkpointing into ``store``, with the service's retry, breaker, format
+        and checkpoint settings: one place for every way a stream is run."""
         ops = {o.value for o in cfg.operations} or None
         runner = StreamRunner(
             cfg.name,
             sink,
-            self.log,
-            self.store,
+            journal,
+            store,
             endpoint=endpoint,
             breaker=self.circuit_breaker.breaker(endpoint),
             retry=self.config.webhook.retry,
@@ -472,7 +489,7 @@ class WebhookServer:
             route=make_router(set(cfg.tables) if "*" not in cfg.tables else None, ops),
             predicate=predicate,
             transform=transform,
-            needs_event=sink.needs_event,
+            needs_event=sink.needs_event if needs_event is None else needs_event,
             formatter=build_formatter(
                 cfg.format,
                 cfg.destination.type,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -23,9 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._config import StreamConfig
 from ._errors import SourceFatalError
 from ._metrics import forget_stream
-from .delivery import GlobalSeqSink, JournalConsumer, JournalSource, StreamRunner, WorkerStore, make_router
-from .pipeline import build_formatter
-from .postgres import debezium_column_rows
+from .delivery import GlobalSeqSink, JournalConsumer, JournalSource, StreamRunner, WorkerStore
 
 if TYPE_CHECKING:
     from ._service import WebhookServer
@@ -150,31 +147,16 @@ class WorkerRole:
         if source is None:
             source = JournalSource(name, endpoint, dedupe=service.config.webhook.exactly_once.enabled)
             source.bind_loop(asyncio.get_running_loop())
-        ops = {o.value for o in cfg.operations} or None
-        runner = StreamRunner(
-            cfg.name,
+        runner = service.make_runner(
+            cfg,
             cast(Any, GlobalSeqSink(sink, source)),
-            cast(Any, source),
-            cast(Any, WorkerStore(store, source)),
-            endpoint=endpoint,
-            breaker=service.circuit_breaker.breaker(endpoint),
-            retry=service.config.webhook.retry,
-            exactly_once=service.config.webhook.exactly_once,
-            route=make_router(set(cfg.tables) if "*" not in cfg.tables else None, ops),
-            predicate=predicate,
-            transform=transform,
+            endpoint,
+            source,
+            WorkerStore(store, source),
+            predicate,
+            transform,
             needs_event=sink.needs_event,
-            formatter=build_formatter(
-                cfg.format,
-                cfg.destination.type,
-                cfg.destination.options,
-                functools.partial(debezium_column_rows, service.dsn),
-                service.config.database,
-            ),
-            checkpoint_interval=service.config.cdc.checkpoint_interval,
-            poll_interval=service.config.cdc.poll_interval_ms / 1000.0,
         )
-        runner.config = cfg  # type: ignore[attr-defined]
         source.saved = lambda: runner.saved_cursor
         if row["state"] == "paused":
             runner.pause()
