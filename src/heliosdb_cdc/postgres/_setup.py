@@ -237,39 +237,49 @@ def _ensure_publication(
 ) -> list[str]:
     wanted = sorted(set(tables))
     with conn.cursor() as cur:
-        cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
-        row = cur.fetchone()
-        # PostgreSQL 18 publishes stored generated columns when asked; older ones never do
-        publish_generated = _publishes_generated(conn)
-        gen = sql.SQL(" WITH (publish_generated_columns = stored)" if publish_generated else "")
-        if row is None:
-            cur.execute(sql.SQL("CREATE PUBLICATION {}{}").format(sql.Identifier(publication), gen))
-            log.info("created publication %s", publication)
-        elif publish_generated:
+        all_tables = _open_publication(conn, cur, publication)
+        if _publishes_generated(conn) and all_tables is not None:
             cur.execute(
                 sql.SQL("ALTER PUBLICATION {} SET (publish_generated_columns = stored)").format(
                     sql.Identifier(publication)
                 )
             )
-        if row is not None and row[0]:
+        if all_tables:
             return wanted  # FOR ALL TABLES: nothing to manage
         cur.execute(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
             (publication,),
         )
         current = {r[0] for r in cur.fetchall()}
-        add = [t for t in wanted if t not in current]
-        drop = [t for t in current if t not in wanted]
-        for verb, items in (("ADD", add), ("DROP", drop)):
-            if items:
-                idents = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in items)
-                cur.execute(
-                    sql.SQL("ALTER PUBLICATION {} " + verb + " TABLE {}").format(
-                        sql.Identifier(publication), idents
-                    )
-                )
-                log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
+        _alter_tables(
+            cur, publication, [t for t in wanted if t not in current], [t for t in current if t not in wanted]
+        )
     return wanted
+
+
+def _open_publication(conn: psycopg2.extensions.connection, cur: Any, publication: str) -> bool | None:
+    """Create the publication when missing (publishing stored generated columns where
+    PostgreSQL can: 18 and later); whether it is FOR ALL TABLES, None when just created."""
+    cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
+    row = cur.fetchone()
+    if row is not None:
+        return bool(row[0])
+    gen = " WITH (publish_generated_columns = stored)" if _publishes_generated(conn) else ""
+    cur.execute(sql.SQL("CREATE PUBLICATION {}" + gen).format(sql.Identifier(publication)))
+    log.info("created publication %s", publication)
+    return None
+
+
+def _alter_tables(cur: Any, publication: str, add: list[str], drop: list[str]) -> None:
+    for verb, items in (("ADD", add), ("DROP", drop)):
+        if items:
+            idents = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in items)
+            cur.execute(
+                sql.SQL("ALTER PUBLICATION {} " + verb + " TABLE {}").format(
+                    sql.Identifier(publication), idents
+                )
+            )
+            log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
 
 
 def alter_publication(
@@ -296,12 +306,7 @@ def _alter_publication(
     conn: psycopg2.extensions.connection, publication: str, add: list[str], drop: list[str]
 ) -> tuple[list[str], list[str]]:
     with conn.cursor() as cur:
-        cur.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (publication,))
-        row = cur.fetchone()
-        if row is None:
-            cur.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(publication)))
-            log.info("created publication %s", publication)
-        elif row[0]:
+        if _open_publication(conn, cur, publication):
             return [], []  # FOR ALL TABLES: nothing to manage
         cur.execute(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables "
@@ -311,15 +316,7 @@ def _alter_publication(
         present = {r[0] for r in cur.fetchall()}
         to_add = [t for t in add if t not in present]
         to_drop = [t for t in drop if t in present]
-        for verb, items in (("ADD", to_add), ("DROP", to_drop)):
-            if items:
-                idents = sql.SQL(", ").join(sql.Identifier(*split_table(t)) for t in items)
-                cur.execute(
-                    sql.SQL("ALTER PUBLICATION {} " + verb + " TABLE {}").format(
-                        sql.Identifier(publication), idents
-                    )
-                )
-                log.info("publication %s: %s %s", publication, verb.lower(), ", ".join(items))
+        _alter_tables(cur, publication, to_add, to_drop)
     return to_add, to_drop
 
 
