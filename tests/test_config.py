@@ -307,6 +307,11 @@ def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
         ({"delivery": {"max_retry_delay_ms": 10**12}}, "delivery.max_retry_delay_ms", "86400000"),
         ({"security": {"max_request_bytes": 10**12}}, "security.max_request_bytes", "1073741824"),
         ({"circuit_breaker": {"failure_threshold": 10**9}}, "circuit_breaker.failure_threshold", "1000000"),
+        # settings added with delivery workers
+        ({"delivery": {"workers": 10**6}}, "delivery.workers", "64"),
+        ({"delivery": {"workers": 0}}, "delivery.workers", "1"),
+        ({"cdc": {"partitions": 10**6}}, "cdc.partitions", "4096"),
+        ({"cdc": {"partitions": 0}}, "cdc.partitions", "1"),
     ],
 )
 def test_every_size_is_bounded_and_the_error_says_the_bound(
